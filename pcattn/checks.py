@@ -1,0 +1,77 @@
+"""Argument validation shared by pcattn's public entry points.
+
+Every function raises :class:`ValueError` naming the argument and what was wrong with it, so a
+bad input fails at the boundary instead of becoming a silently wrong result further in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_positions", "check_batch", "check_positive_int", "batch_sizes"]
+
+
+def _shape(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def check_positions(pos: object, name: str = "pos") -> Tensor:
+    """``pos`` must be a finite floating-point tensor of shape ``(N, D)``."""
+    if not isinstance(pos, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {_shape(pos)}")
+    if pos.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, D), got {_shape(pos)}")
+    if not pos.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {pos.dtype}")
+    finite = torch.isfinite(pos).all(dim=1)  # (N,)
+    if not bool(finite.all()):
+        row = int(torch.nonzero(~finite)[0, 0])
+        raise ValueError(
+            f"{name} contains NaN or inf (first at row {row}: {pos[row].tolist()}); "
+            "remove or repair those points first"
+        )
+    return pos
+
+
+def check_batch(batch: object, num_nodes: int, name: str = "batch", of: str = "pos") -> Tensor:
+    """``batch`` must be a sorted, non-negative integer tensor ``(N,)`` with one entry per node."""
+    if not isinstance(batch, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N,), got {_shape(batch)}")
+    if batch.dim() != 1:
+        raise ValueError(f"{name} must be 1-D of shape (N,), got {_shape(batch)}")
+    if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
+        raise ValueError(f"{name} must be an integer tensor (int64), got {batch.dtype}")
+    if batch.numel() != num_nodes:
+        raise ValueError(
+            f"{name} has {batch.numel()} entries but {of} has {num_nodes} rows; "
+            "they must describe the same nodes"
+        )
+    if batch.numel() > 0:
+        if int(batch.min()) < 0:
+            raise ValueError(f"{name} must be non-negative, got min {int(batch.min())}")
+        drops = torch.nonzero(batch[1:] < batch[:-1])
+        if drops.numel() > 0:
+            i = int(drops[0, 0])
+            raise ValueError(
+                f"{name} must be sorted ascending (nodes grouped by sample), but "
+                f"{name}[{i}]={int(batch[i])} > {name}[{i + 1}]={int(batch[i + 1])}"
+            )
+    return batch.long()
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` must be an ``int`` >= 1 (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def batch_sizes(batch: Tensor | None, num_nodes: int, num_graphs: int | None = None) -> Tensor:
+    """Number of nodes of each sample, ``(B,)`` (a single sample when ``batch`` is None)."""
+    if batch is None:
+        return torch.tensor([num_nodes], dtype=torch.long)
+    b = num_graphs if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
+    return torch.bincount(batch, minlength=b).cpu()

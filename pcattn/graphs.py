@@ -1,0 +1,615 @@
+r"""Neighbourhoods :math:`\mathcal N(i)` as ``edge_index`` tensors.
+
+Every builder returns ``edge_index`` of shape ``(2, E)`` in PyG's convention: row 0 is the
+source :math:`j` (key / value), row 1 the target :math:`i` (query). Edges are **sorted by
+target** (and, within a target, by the order stated per builder), so :func:`to_csr` can derive
+row pointers once and every layer of a stage can reuse them. Edges never connect two samples of
+a batch.
+
+Point clouds: :func:`knn_graph`, :func:`knn`, :func:`radius_graph`, :func:`fps`.
+Pixels: :func:`grid_graph`, :func:`criss_cross_graph`, :func:`image_to_nodes`,
+:func:`nodes_to_image`. Any node set: :func:`full_graph`, :func:`add_self_loops`,
+:func:`remove_self_loops`, :func:`sort_by_target`, :func:`to_csr`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .checks import batch_sizes, check_batch, check_positions, check_positive_int
+from .ops import index_to_ptr
+from .search import knn_search
+
+__all__ = [
+    "knn_graph",
+    "knn",
+    "radius_graph",
+    "fps",
+    "grid_graph",
+    "criss_cross_graph",
+    "image_to_nodes",
+    "nodes_to_image",
+    "full_graph",
+    "add_self_loops",
+    "remove_self_loops",
+    "sort_by_target",
+    "to_csr",
+]
+
+
+def _edges_from_rows(idx: Tensor, dense: bool) -> Tensor:
+    """``(M, k)`` neighbour table (``-1`` = none) -> target-sorted ``edge_index (2, E)``."""
+    m, k = idx.shape
+    dst = torch.arange(m, device=idx.device).repeat_interleave(k)  # (M * k,)
+    src = idx.reshape(-1)
+    if not dense:
+        keep = src >= 0
+        src, dst = src[keep], dst[keep]
+    return torch.stack([src, dst])
+
+
+def _check_cloud_sizes(counts: Tensor, need: int, what: str) -> None:
+    small = torch.nonzero((counts < need) & (counts > 0)).flatten()  # empty ids are not samples
+    if small.numel() > 0:
+        b = int(small[0])
+        where = f"sample {b} of the batch" if counts.numel() > 1 else "the cloud"
+        raise ValueError(f"{what}: {where} has {int(counts[b])} points, need at least {need}")
+
+
+# --------------------------------------------------------------------------------------------
+# point clouds
+# --------------------------------------------------------------------------------------------
+
+
+def knn_graph(
+    pos: Tensor,
+    k: int,
+    batch: Tensor | None = None,
+    loop: bool = False,
+    *,
+    method: str = "auto",
+) -> Tensor:
+    r"""Exact k-nearest-neighbour graph: :math:`\mathcal N(i)` = the ``k`` points closest to ``i``
+    in its own cloud.
+
+    Neighbours are ordered by (distance, index), so ties are broken by the smaller index and
+    the result equals a brute-force search. On CPU a kd-tree answers the whole batch in one
+    multi-threaded query; on other devices a chunked ``topk`` whose memory is bounded.
+
+    Args:
+        pos: positions ``(N, D)``, finite floats.
+        k: neighbours per point; every cloud needs ``k`` points (``k + 1`` when ``loop=False``).
+        batch: sample of each point ``(N,)``, sorted (default: one cloud).
+        loop: count the point itself among its ``k`` neighbours (default: ``False``).
+        method: ``"auto"`` (default), ``"kdtree"`` (CPU) or ``"brute"`` (any device).
+
+    Returns:
+        ``edge_index (2, N * k)``; ``edge_index[1]`` is ``0, ..., 0, 1, ..., 1, ...``
+        (``k`` edges per target) and ``edge_index[0]`` its neighbours, nearest first.
+    """
+    check_positions(pos, "pos")
+    k = check_positive_int(k, "k")
+    if batch is not None:
+        batch = check_batch(batch, pos.size(0), "batch", "pos")
+    if pos.size(0) == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+    counts = batch_sizes(batch, pos.size(0))
+    _check_cloud_sizes(counts, k + (0 if loop else 1), f"knn_graph(k={k}, loop={loop})")
+    idx, _ = knn_search(pos, pos, k, batch, batch, self_index=not loop, method=method)
+    return _edges_from_rows(idx, dense=True)
+
+
+def knn(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor | None = None,
+    batch_y: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> Tensor:
+    r"""For every point of ``y``, its ``k`` nearest points of ``x`` in the same cloud (bipartite).
+
+    Used to interpolate features from a coarse set ``x`` onto a fine set ``y``.
+
+    .. note::
+        The result follows this module's convention, ``edge_index[0]`` = source index into ``x``
+        and ``edge_index[1]`` = target index into ``y``. ``torch_geometric.nn.knn`` returns the
+        two rows the other way round (``[y_index, x_index]``).
+
+    Args:
+        x: candidate points ``(Nx, D)``.
+        y: query points ``(Ny, D)``.
+        k: neighbours per query; each cloud of ``x`` needs at least ``k`` points.
+        batch_x, batch_y: sample of each point, sorted (default: one cloud each).
+        method: ``"auto"`` (default), ``"kdtree"`` or ``"brute"``.
+
+    Returns:
+        ``edge_index (2, Ny * k)`` sorted by target (query), nearest first.
+    """
+    check_positions(x, "x")
+    check_positions(y, "y")
+    if x.size(1) != y.size(1):
+        raise ValueError(f"x and y must have the same dimension D, got {x.size(1)} and {y.size(1)}")
+    k = check_positive_int(k, "k")
+    if (batch_x is None) != (batch_y is None):
+        raise ValueError("give both batch_x and batch_y, or neither")
+    if batch_x is not None:
+        batch_x = check_batch(batch_x, x.size(0), "batch_x", "x")
+        batch_y = check_batch(batch_y, y.size(0), "batch_y", "y")
+    if y.size(0) == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=y.device)
+    if batch_x is None:
+        counts_x = torch.tensor([x.size(0)])
+        used = torch.tensor([0])
+    else:
+        b = max(int(batch_x.max()) if x.size(0) else -1, int(batch_y.max())) + 1
+        counts_x = batch_sizes(batch_x, x.size(0), b)
+        used = torch.unique(batch_y).cpu()
+    empty = used[counts_x[used] == 0]
+    if empty.numel() > 0:
+        raise ValueError(f"knn: y has points in sample {int(empty[0])} but x has none there")
+    _check_cloud_sizes(counts_x[used], k, f"knn(k={k}): x")
+    idx, _ = knn_search(x, y, k, batch_x, batch_y, method=method)
+    return _edges_from_rows(idx, dense=True)
+
+
+def radius_graph(
+    pos: Tensor,
+    r: float,
+    batch: Tensor | None = None,
+    max_num_neighbors: int = 32,
+    loop: bool = False,
+    *,
+    method: str = "auto",
+) -> Tensor:
+    r"""Ball neighbourhood: :math:`\mathcal N(i) = \{j : \|p_j - p_i\| \le r\}`, at most
+    ``max_num_neighbors`` of them.
+
+    When a ball holds more than ``max_num_neighbors`` points, the **nearest** are kept (ties
+    by index), unlike torch-cluster, which keeps whichever it meets first. Distances are
+    compared as ``sum_d (p_j - p_i)_d^2 <= r^2`` in float64.
+
+    Args:
+        pos: positions ``(N, D)``.
+        r: radius, > 0 (inclusive).
+        batch: sample of each point, sorted (default: one cloud).
+        max_num_neighbors: cap per point (default: ``32``).
+        loop: include the point itself (default: ``False``).
+        method: ``"auto"`` (default), ``"kdtree"`` or ``"brute"``.
+
+    Returns:
+        ``edge_index (2, E)`` sorted by target, nearest first within a target.
+    """
+    check_positions(pos, "pos")
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        raise ValueError(f"r must be a finite number > 0, got {r!r}")
+    max_num_neighbors = check_positive_int(max_num_neighbors, "max_num_neighbors")
+    if batch is not None:
+        batch = check_batch(batch, pos.size(0), "batch", "pos")
+    if pos.size(0) == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=pos.device)
+    idx, _ = knn_search(
+        pos, pos, max_num_neighbors, batch, batch, self_index=not loop, r=float(r), method=method
+    )
+    return _edges_from_rows(idx, dense=False)
+
+
+def fps(
+    pos: Tensor,
+    ratio: float | None = None,
+    num: int | None = None,
+    batch: Tensor | None = None,
+    random_start: bool = True,
+    *,
+    generator: torch.Generator | None = None,
+    method: str = "auto",
+) -> Tensor:
+    r"""Farthest point sampling: repeatedly take the point farthest from those already taken.
+
+    .. math::
+        s_{t+1} = \arg\max_i \min_{u \le t} \|p_i - p_{s_u}\|^2
+
+    Exact: squared distances in the precision of ``pos`` (float16 / bfloat16 in float32),
+    summed coordinate by coordinate, ties to the lowest index; every method gives the same
+    indices as that textbook loop.
+
+    Args:
+        pos: positions ``(N, D)``.
+        ratio: fraction of each cloud to keep, in ``(0, 1]``; ``ceil(ratio * n)`` points.
+        num: points to keep per cloud (give exactly one of ``ratio`` and ``num``).
+        batch: sample of each point ``(N,)``, sorted (default: one cloud).
+        random_start: start each cloud at a random point (default: ``True``); otherwise at its
+            first point.
+        generator: random generator for the start points.
+        method: ``"auto"`` (default: the compiled kernel on CPU when it was built at install,
+            else ``"torch"``), ``"compiled"`` or ``"torch"`` (one vectorised loop over all
+            clouds of the batch at once; the GPU path).
+
+    Returns:
+        indices into ``pos`` ``(M,)``, grouped by sample, in sampling order.
+    """
+    check_positions(pos, "pos")
+    if (ratio is None) == (num is None):
+        raise ValueError("give exactly one of ratio and num")
+    if method not in ("auto", "compiled", "torch"):
+        raise ValueError(f"method must be 'auto', 'compiled' or 'torch', got {method!r}")
+    n_total = pos.size(0)
+    if batch is not None:
+        batch = check_batch(batch, n_total, "batch", "pos")
+    if n_total == 0:
+        return torch.empty(0, dtype=torch.long, device=pos.device)
+    counts = batch_sizes(batch, n_total)  # (B,) on CPU
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+        take = torch.ceil(counts.double() * ratio).long()
+    else:
+        num = check_positive_int(num, "num")
+        _check_cloud_sizes(counts, num, f"fps(num={num})")
+        take = torch.where(counts > 0, num, 0)
+    if random_start:
+        r = torch.rand(counts.numel(), generator=generator, dtype=torch.float64)
+        start = torch.minimum((r * counts).long(), (counts - 1).clamp(min=0))
+    else:
+        start = torch.zeros(counts.numel(), dtype=torch.long)
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    dtype = pos.dtype if pos.dtype in (torch.float32, torch.float64) else torch.float32
+
+    ext = _fps_extension()
+    compiled_ok = ext is not None and pos.device.type == "cpu" and pos.size(1) <= 8
+    if method == "auto":
+        method = "compiled" if compiled_ok else "torch"
+    if method == "compiled" and not compiled_ok:
+        raise ValueError(
+            "method='compiled' needs a CPU tensor with D <= 8 and the compiled kernel "
+            "pcattn._fps, which is built when pcattn is installed with a C compiler present"
+        )
+    if method == "compiled":
+        soa = pos.detach().to(dtype).t().contiguous()  # (D, N): one row per coordinate
+        out = torch.empty(int(take.sum()), dtype=torch.long)
+        ext.fps(soa.numpy(), soa.size(0), dtype == torch.float64, ptr.numpy(),
+                take.numpy(), start.numpy(), out.numpy())
+        return out
+    return _fps_torch(pos.detach().to(dtype), counts, ptr, take, start)
+
+
+def _fps_extension():
+    try:
+        from . import _fps
+    except ImportError:
+        return None
+    return _fps
+
+
+def _fps_torch(pos: Tensor, counts: Tensor, ptr: Tensor, take: Tensor, start: Tensor) -> Tensor:
+    """All clouds at once, padded to ``(B, nmax)``; same arithmetic as the compiled kernel."""
+    device, dims, n_total = pos.device, pos.size(1), pos.size(0)
+    b, nmax = counts.numel(), int(counts.max())
+    local = torch.arange(n_total) - ptr[:-1].repeat_interleave(counts)  # (N,)
+    flat = (torch.arange(b).repeat_interleave(counts) * nmax + local).to(device)  # (N,)
+    grid = torch.zeros(dims, b * nmax, dtype=pos.dtype, device=device)
+    grid[:, flat] = pos.t()
+    grid = grid.view(dims, b, nmax)  # (D, B, nmax), one contiguous plane per coordinate
+    mind = torch.full((b, nmax), -math.inf, dtype=pos.dtype, device=device)  # padding: never
+    mind.view(-1)[flat] = math.inf
+
+    steps = int(take.max())
+    out = torch.empty(b, steps, dtype=torch.long, device=device)
+    last = start.to(device).view(b, 1)  # (B, 1)
+    rows = torch.arange(b, device=device).view(b, 1)
+    d = torch.empty(b, nmax, dtype=pos.dtype, device=device)
+    tmp = torch.empty_like(d)
+    for t in range(steps):
+        out[:, t : t + 1] = last
+        for c in range(dims):  # separate kernels: no fused multiply-add, as in the reference
+            coord = grid[c]  # (B, nmax)
+            torch.sub(coord, coord[rows, last], out=tmp)
+            tmp.square_()
+            if c == 0:
+                d.copy_(tmp)
+            else:
+                d.add_(tmp)
+        torch.minimum(mind, d, out=mind)
+        last = mind.argmax(dim=1, keepdim=True)  # (B, 1), the first maximum on ties
+
+    keep = (torch.arange(steps).view(1, -1) < take.view(-1, 1)).to(device)  # (B, steps)
+    return (out + ptr[:-1].to(device).view(-1, 1))[keep]
+
+
+# --------------------------------------------------------------------------------------------
+# pixels
+# --------------------------------------------------------------------------------------------
+
+
+def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    vals = (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v)
+    if len(vals) != 2 or not all(isinstance(a, int) and not isinstance(a, bool) for a in vals):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    return vals
+
+
+def grid_graph(
+    height: int,
+    width: int,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int] = 1,
+    padding: str = "mask",
+    *,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Pixel windows: :math:`\mathcal N(i)` = the ``kernel_size`` window centred on pixel ``i``.
+
+    Nodes are pixels in row-major order (``node = b * H * W + y * W + x``, as
+    :func:`image_to_nodes` makes them). Each edge also carries its window offset
+    :math:`(\Delta y, \Delta x) \in \text{dilation} \cdot \{-P..P\}^2`, which a
+    position-dependent value transform :math:`g_{ij} = W_{\Delta} x_j` indexes: with that ``g``,
+    no normaliser and ``padding="mask"``, the layer is exactly a zero-padded ``conv2d``.
+    The kernel slot of an edge is ``offset // dilation + kernel_size // 2``.
+
+    Args:
+        height, width: image size.
+        kernel_size: odd window size, an int or ``(kh, kw)``.
+        dilation: spacing between window taps (default: ``1``).
+        padding: what window taps that fall outside the image become:
+            ``"mask"`` (default): no edge (zero padding for sums; SASA's ``pad="mask"``);
+            ``"reflect"``: the mirrored pixel, as in SAN (a border target may then have the
+            same source twice, with two offsets);
+            ``"zeros"``: an edge from the virtual node ``batch_size * H * W``, which a layer
+            represents by a zero feature row, so padded positions still take part in a
+            softmax (SASA reference, ISA).
+        batch_size: number of images (default: ``1``).
+
+    Returns:
+        ``edge_index (2, E)`` sorted by target, window slots in row-major order within a target;
+        ``offset (E, 2)`` int64 ``(dy, dx)``.
+    """
+    height = check_positive_int(height, "height")
+    width = check_positive_int(width, "width")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    dh, dw = _pair(dilation, "dilation")
+    if kh < 1 or kw < 1 or kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size!r}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+    if padding not in ("mask", "reflect", "zeros"):
+        raise ValueError(f"padding must be 'mask', 'reflect' or 'zeros', got {padding!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    ph, pw = kh // 2, kw // 2
+    if padding == "reflect" and (ph * dh >= height or pw * dw >= width):
+        raise ValueError(
+            f"padding='reflect' needs the reach of the window ({ph * dh}, {pw * dw}) to be "
+            f"smaller than the image ({height}, {width})"
+        )
+
+    dy = torch.arange(-ph, ph + 1, device=device) * dh  # (kh,)
+    dx = torch.arange(-pw, pw + 1, device=device) * dw  # (kw,)
+    off = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), -1).view(-1, 2)  # (K, 2)
+    yy, xx = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    sy = yy.reshape(-1, 1) + off[:, 0]  # (HW, K) source rows
+    sx = xx.reshape(-1, 1) + off[:, 1]  # (HW, K)
+    inside = (sy >= 0) & (sy < height) & (sx >= 0) & (sx < width)  # (HW, K)
+    if padding == "reflect":
+        sy = torch.where(sy < 0, -sy, torch.where(sy >= height, 2 * (height - 1) - sy, sy))
+        sx = torch.where(sx < 0, -sx, torch.where(sx >= width, 2 * (width - 1) - sx, sx))
+        inside = torch.ones_like(inside)
+    src = sy * width + sx  # (HW, K)
+    hw = height * width
+    dst = torch.arange(hw, device=device).view(-1, 1).expand_as(src)  # (HW, K)
+    offs = off.view(1, -1, 2).expand(hw, -1, 2)  # (HW, K, 2)
+    if padding == "zeros":
+        src = torch.where(inside, src, -1)
+        inside = torch.ones_like(inside)
+    src, dst, offs = src[inside], dst[inside], offs[inside]  # (E1,), (E1,), (E1, 2)
+
+    shift = (torch.arange(batch_size, device=device) * hw).view(-1, 1)  # (B, 1)
+    dst = (dst.view(1, -1) + shift).reshape(-1)  # (B * E1,)
+    virtual = batch_size * hw
+    src = torch.where(src.view(1, -1) >= 0, src.view(1, -1) + shift, virtual).reshape(-1)
+    offs = offs.repeat(batch_size, 1)  # (B * E1, 2)
+    return torch.stack([src, dst]), offs
+
+
+def criss_cross_graph(
+    height: int, width: int, *, batch_size: int = 1, device: torch.device | str | None = None
+) -> Tensor:
+    r"""CCNet's criss-cross neighbourhood: :math:`\mathcal N(u)` = the pixels in ``u``'s row and
+    in its column, ``H + W - 1`` distinct nodes (``u`` itself counted once).
+
+    Applied twice (recurrence ``R = 2``), information reaches every pixel from every pixel.
+
+    Returns:
+        ``edge_index (2, B * H * W * (H + W - 1))`` sorted by target, sources ascending.
+    """
+    height = check_positive_int(height, "height")
+    width = check_positive_int(width, "width")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    yy, xx = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    yy, xx = yy.reshape(-1, 1), xx.reshape(-1, 1)  # (HW, 1)
+    cand_y = torch.arange(height, device=device).view(1, -1)  # (1, H)
+    cand_x = torch.arange(width, device=device).view(1, -1)  # (1, W)
+    col = (cand_y * width + xx).expand(-1, height)  # (HW, H) same column
+    row = (yy * width + cand_x).expand(-1, width)  # (HW, W) same row
+    not_self = cand_y != yy  # (HW, H): drop the centre from the column part
+    col = col[not_self].view(-1, height - 1)  # (HW, H - 1)
+    src = torch.sort(torch.cat([col, row], 1), dim=1).values  # (HW, H + W - 1)
+    hw = height * width
+    src = src.view(1, hw, -1) + (torch.arange(batch_size, device=device) * hw).view(-1, 1, 1)
+    src = src.reshape(batch_size * hw, -1)  # (B * HW, H + W - 1)
+    return _edges_from_rows(src, dense=True)
+
+
+def image_to_nodes(img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""An image batch ``(B, C, H, W)`` as nodes in row-major order.
+
+    Returns:
+        ``x (B * H * W, C)``; ``pos (B * H * W, 2)`` int64 ``(row, col)``; ``batch (B * H * W,)``.
+    """
+    if not isinstance(img, Tensor) or img.dim() != 4:
+        got = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+        raise ValueError(f"img must be a tensor of shape (B, C, H, W), got {got}")
+    b, c, h, w = img.shape
+    x = img.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (B*H*W, C)
+    yy, xx = torch.meshgrid(
+        torch.arange(h, device=img.device), torch.arange(w, device=img.device), indexing="ij"
+    )
+    pos = torch.stack([yy.reshape(-1), xx.reshape(-1)], 1).repeat(b, 1)  # (B*H*W, 2)
+    batch = torch.arange(b, device=img.device).repeat_interleave(h * w)  # (B*H*W,)
+    return x, pos, batch
+
+
+def nodes_to_image(x: Tensor, batch_size: int, height: int, width: int) -> Tensor:
+    r"""Inverse of :func:`image_to_nodes`: ``x (B * H * W, C)`` -> ``(B, C, H, W)``."""
+    batch_size = check_positive_int(batch_size, "batch_size")
+    height = check_positive_int(height, "height")
+    width = check_positive_int(width, "width")
+    n = batch_size * height * width
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != n:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"x must have shape (batch_size * height * width, C) = ({n}, C), got {got}"
+        )
+    return x.view(batch_size, height, width, -1).permute(0, 3, 1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# any node set
+# --------------------------------------------------------------------------------------------
+
+
+def full_graph(batch: Tensor | int, *, loop: bool = True) -> Tensor:
+    r"""All pairs within each sample: :math:`\mathcal N(i) = \{j : b_j = b_i\}` (global
+    attention, non-local blocks).
+
+    Args:
+        batch: sample of each node ``(N,)``, sorted; or an int ``N`` for one sample.
+        loop: include ``i`` in :math:`\mathcal N(i)` (default: ``True``).
+
+    Returns:
+        ``edge_index (2, sum_b n_b^2)`` (``n_b (n_b - 1)`` without loops), sorted by target,
+        sources ascending.
+    """
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        if batch < 0:
+            raise ValueError(f"batch as a node count must be >= 0, got {batch}")
+        batch = torch.zeros(batch, dtype=torch.long)
+    elif isinstance(batch, Tensor):
+        batch = check_batch(batch, batch.numel() if batch.dim() == 1 else -1, "batch", "batch")
+    else:
+        raise ValueError(f"batch must be a tensor (N,) or an int, got {type(batch).__name__}")
+    device = batch.device
+    n = batch.numel()
+    if n == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    counts = torch.bincount(batch)  # (B,)
+    start = torch.cumsum(counts, 0) - counts  # (B,) first node of each sample
+    deg = counts[batch]  # (N,) each target sees its whole sample
+    dst = torch.arange(n, device=device).repeat_interleave(deg)  # (E,)
+    first = torch.cumsum(deg, 0) - deg  # (N,) first edge of each target
+    src = start[batch][dst] + torch.arange(dst.numel(), device=device) - first[dst]  # (E,)
+    edge_index = torch.stack([src, dst])
+    if not loop:
+        edge_index = edge_index[:, src != dst]
+    return edge_index
+
+
+def sort_by_target(
+    edge_index: Tensor, *edge_attrs: Tensor, num_nodes: int | None = None
+) -> tuple[Tensor, ...]:
+    r"""Stable sort of edges (and their attributes) by target, for adjacency given by a user.
+
+    Returns:
+        ``(edge_index, *edge_attrs)`` permuted together; the order among the edges of a target
+        is kept.
+    """
+    _check_edge_index(edge_index, num_nodes)
+    perm = torch.argsort(edge_index[1], stable=True)
+    return (edge_index[:, perm],) + tuple(a[perm] for a in edge_attrs)
+
+
+def remove_self_loops(
+    edge_index: Tensor, edge_attr: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    r"""Drop edges :math:`i \to i` (order of the rest kept)."""
+    _check_edge_index(edge_index, None)
+    keep = edge_index[0] != edge_index[1]
+    return edge_index[:, keep], (None if edge_attr is None else edge_attr[keep])
+
+
+def add_self_loops(
+    edge_index: Tensor,
+    edge_attr: Tensor | None = None,
+    *,
+    fill_value: float = 1.0,
+    num_nodes: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Add one edge :math:`i \to i` per node, keeping the edges sorted by target.
+
+    Existing self loops are kept (remove them first for exactly one per node). The new loop is
+    the last edge of its target; its attribute is ``fill_value``.
+
+    Returns:
+        ``(edge_index, edge_attr)`` with ``E + N`` edges.
+    """
+    _check_edge_index(edge_index, num_nodes)
+    n = _num_nodes(edge_index, num_nodes)
+    loops = torch.arange(n, device=edge_index.device)
+    ei = torch.cat([edge_index, torch.stack([loops, loops])], 1)
+    attr = None
+    if edge_attr is not None:
+        fill = edge_attr.new_full((n,) + edge_attr.shape[1:], fill_value)
+        attr = torch.cat([edge_attr, fill], 0)
+    perm = torch.argsort(ei[1], stable=True)
+    return ei[:, perm], (None if attr is None else attr[perm])
+
+
+def to_csr(edge_index: Tensor, num_nodes: int | None = None) -> Tensor:
+    r"""Row pointers ``ptr (N + 1,)`` of target-sorted edges: the edges of node ``i`` are
+    ``ptr[i]:ptr[i + 1]``.
+
+    Raises:
+        ValueError: when ``edge_index[1]`` is not sorted (call :func:`sort_by_target`).
+    """
+    _check_edge_index(edge_index, num_nodes)
+    dst = edge_index[1]
+    if dst.numel() > 1:
+        drops = torch.nonzero(dst[1:] < dst[:-1])
+        if drops.numel() > 0:
+            e = int(drops[0, 0])
+            raise ValueError(
+                f"edge_index must be sorted by target (edge_index[1]); edge {e} has target "
+                f"{int(dst[e])} and edge {e + 1} has {int(dst[e + 1])}. "
+                "Use pcattn.graphs.sort_by_target first"
+            )
+    return index_to_ptr(dst, _num_nodes(edge_index, num_nodes))
+
+
+def _num_nodes(edge_index: Tensor, num_nodes: int | None) -> int:
+    if num_nodes is not None:
+        return num_nodes
+    return int(edge_index.max()) + 1 if edge_index.numel() else 0
+
+
+def _check_edge_index(edge_index: Tensor, num_nodes: int | None) -> None:
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
+        raise ValueError(f"edge_index must be a tensor of shape (2, E), got {got}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"edge_index must be int64, got {edge_index.dtype}")
+    if num_nodes is not None:
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+            raise ValueError(f"num_nodes must be an int >= 0, got {num_nodes!r}")
+        if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(
+                f"edge_index holds node ids in [{int(edge_index.min())}, {int(edge_index.max())}]"
+                f" but num_nodes={num_nodes}"
+            )

@@ -1,0 +1,363 @@
+r"""Segment and scatter kernels for message passing.
+
+Every reduction pcattn performs over the edges of a target node lives here, so a faster kernel
+changes one file. Edges are indexed along dim 0 of ``src``; trailing dims (heads, channels) are
+reduced independently.
+
+Two addressing modes:
+
+* **index** (COO): ``index (E,)`` gives the target node of each edge; edges may be in any order.
+* **ptr** (CSR): edges are sorted by target and ``ptr (N + 1,)`` holds the row pointers, so the
+  edges of node ``i`` are ``ptr[i]:ptr[i + 1]``. This is the fast path: every neighbourhood
+  builder in :mod:`pcattn.graphs` returns target-sorted edges and :func:`pcattn.graphs.to_csr`
+  derives ``ptr`` once per stage.
+
+Conventions shared with PyG / torch-scatter: a node with no incoming edge gets ``0`` for every
+reduction (not ``-inf`` or NaN).
+
+Backends: pure PyTorch on every device. When `torch-scatter <https://github.com/rusty1s/
+pytorch_scatter>`_ is importable it is used for the reductions where it was measured faster
+(see ``benchmarks/bench_ops.py``); :func:`use_torch_scatter` switches it off. Results are
+equal either way (tested when it is installed).
+
+Determinism: on CUDA, ``scatter_add`` uses atomics and sums in a non-reproducible order. Inside
+``with pcattn.ops.deterministic():`` (or when ``torch.use_deterministic_algorithms(True)`` is on)
+COO sums and means are computed, on every device, by a stable sort followed by a CSR segment
+reduction that adds the edges of each node in their original order, the same on every run.
+CSR reductions are always computed that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "REDUCTIONS",
+    "scatter",
+    "scatter_csr",
+    "segment_softmax",
+    "segment_softmax_csr",
+    "index_to_ptr",
+    "ptr_to_index",
+    "deterministic",
+    "is_deterministic",
+    "use_torch_scatter",
+    "torch_scatter_available",
+]
+
+REDUCTIONS = ("sum", "mean", "max", "min")
+
+_AMAX = {"max": "amax", "min": "amin"}
+
+_state = {
+    "deterministic": False,
+    # torch-scatter is opt-out; PCATTN_NO_TORCH_SCATTER=1 disables it for a whole process.
+    "torch_scatter": os.environ.get("PCATTN_NO_TORCH_SCATTER", "0") != "1",
+}
+_torch_scatter = None  # the module once imported; False when not installed
+
+
+# --------------------------------------------------------------------------------------------
+# switches
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deterministic(mode: bool = True) -> Iterator[None]:
+    r"""Context manager making every COO sum / mean reproducible bit for bit.
+
+    Example::
+
+        with pcattn.ops.deterministic():
+            out = scatter(src, index, num_nodes)
+    """
+    previous = _state["deterministic"]
+    _state["deterministic"] = bool(mode)
+    try:
+        yield
+    finally:
+        _state["deterministic"] = previous
+
+
+def is_deterministic() -> bool:
+    """Whether reductions currently run in deterministic mode (ours or torch's global flag)."""
+    return _state["deterministic"] or torch.are_deterministic_algorithms_enabled()
+
+
+def use_torch_scatter(enabled: bool) -> bool:
+    """Allow (``True``) or forbid (``False``) the torch-scatter backend; returns the old value."""
+    previous = _state["torch_scatter"]
+    _state["torch_scatter"] = bool(enabled)
+    return previous
+
+
+def torch_scatter_available() -> bool:
+    """True when the optional ``torch_scatter`` package imports."""
+    return _get_torch_scatter() is not None
+
+
+def _get_torch_scatter():
+    global _torch_scatter
+    if _torch_scatter is None:
+        _torch_scatter = False
+        if importlib.util.find_spec("torch_scatter") is not None:
+            try:
+                import torch_scatter
+
+                _torch_scatter = torch_scatter
+            except (ImportError, OSError):  # a build against another torch fails to load
+                _torch_scatter = False
+    return _torch_scatter or None
+
+
+def _ts():
+    """torch_scatter when it is installed and allowed, else None."""
+    return _get_torch_scatter() if _state["torch_scatter"] else None
+
+
+# --------------------------------------------------------------------------------------------
+# index <-> ptr
+# --------------------------------------------------------------------------------------------
+
+
+def index_to_ptr(index: Tensor, num_nodes: int) -> Tensor:
+    r"""CSR row pointers ``(num_nodes + 1,)`` of a **sorted** target index ``(E,)``."""
+    counts = torch.bincount(index, minlength=num_nodes)  # (N,)
+    ptr = index.new_zeros(num_nodes + 1)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def ptr_to_index(ptr: Tensor) -> Tensor:
+    r"""Target index ``(E,)`` of row pointers ``(N + 1,)``: node ``i`` repeated ``deg(i)`` times."""
+    num_nodes = ptr.numel() - 1
+    counts = ptr[1:] - ptr[:-1]  # (N,)
+    return torch.repeat_interleave(torch.arange(num_nodes, device=ptr.device), counts)
+
+
+def _is_sorted(index: Tensor) -> bool:
+    return index.numel() < 2 or bool((index[1:] >= index[:-1]).all())
+
+
+# --------------------------------------------------------------------------------------------
+# checks (cheap: shapes and dtypes only, never a device sync)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+
+
+def _check_index(src: Tensor, index: Tensor) -> None:
+    if not isinstance(src, Tensor) or src.dim() == 0:
+        raise ValueError("src must be a tensor with the edge dimension first, shape (E, ...)")
+    if not isinstance(index, Tensor) or index.dim() != 1:
+        got = tuple(index.shape) if isinstance(index, Tensor) else type(index).__name__
+        raise ValueError(f"index must be a 1-D tensor of shape (E,), got {got}")
+    if index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"index must be int64 (or int32), got {index.dtype}")
+    if index.numel() != src.size(0):
+        raise ValueError(
+            f"index has {index.numel()} entries but src has {src.size(0)} rows (dim 0 = edges)"
+        )
+
+
+def _check_ptr(src: Tensor, ptr: Tensor) -> None:
+    if not isinstance(src, Tensor) or src.dim() == 0:
+        raise ValueError("src must be a tensor with the edge dimension first, shape (E, ...)")
+    if not isinstance(ptr, Tensor) or ptr.dim() != 1 or ptr.numel() < 1:
+        raise ValueError("ptr must be a 1-D tensor of CSR row pointers, shape (N + 1,)")
+    if ptr.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"ptr must be int64 (or int32), got {ptr.dtype}")
+
+
+def _dim_size(index: Tensor, dim_size: int | None) -> int:
+    if dim_size is None:
+        return int(index.max()) + 1 if index.numel() > 0 else 0
+    if dim_size < 0:
+        raise ValueError(f"dim_size must be >= 0, got {dim_size}")
+    return int(dim_size)
+
+
+# --------------------------------------------------------------------------------------------
+# scatter (COO) and segment (CSR) reductions
+# --------------------------------------------------------------------------------------------
+
+
+def _broadcast(index: Tensor, src: Tensor) -> Tensor:
+    """View ``index (E,)`` as ``(E, 1, ..., 1)`` expanded to ``src``'s shape (no copy)."""
+    return index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
+
+
+def _csr(src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
+    """Pure-torch CSR reduction; empty rows give 0."""
+    num_nodes = ptr.numel() - 1
+    if src.size(0) == 0:
+        return src.new_zeros((num_nodes,) + src.shape[1:])
+    if ptr.dtype != torch.int64:
+        ptr = ptr.long()
+    out = torch.segment_reduce(src, reduce, offsets=ptr, axis=0, unsafe=True)
+    if reduce != "sum":
+        empty = (ptr[1:] == ptr[:-1]).view((-1,) + (1,) * (src.dim() - 1))  # (N, 1, ...)
+        out = out.masked_fill(empty, 0.0)
+    return out
+
+
+def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str = "sum") -> Tensor:
+    r"""Reduce the rows of ``src`` that share a target index.
+
+    .. math::
+        \mathrm{out}_i = \bigoplus_{e \,:\, \mathrm{index}_e = i} \mathrm{src}_e,
+        \qquad \oplus \in \{\textstyle\sum, \mathrm{mean}, \max, \min\}
+
+    Args:
+        src: values per edge, shape ``(E, *)``.
+        index: target node of each edge, shape ``(E,)``, any order.
+        dim_size: number of output rows ``N`` (default: ``index.max() + 1``).
+        reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (default: ``"sum"``).
+
+    Returns:
+        ``(N, *)``; rows with no edge are 0. Differentiable in ``src``.
+    """
+    _check_reduce(reduce)
+    _check_index(src, index)
+    n = _dim_size(index, dim_size)
+    if src.size(0) == 0:
+        return src.new_zeros((n,) + src.shape[1:])
+    if index.dtype != torch.int64:
+        index = index.long()
+
+    if is_deterministic() and reduce in ("sum", "mean"):
+        # sums are the only order-dependent reduction: sort once, add each row's edges in order
+        perm = torch.argsort(index, stable=True)
+        return _csr(src[perm], index_to_ptr(index[perm], n), reduce)
+
+    ts = _ts()
+    if ts is not None:
+        return ts.scatter(src, index, dim=0, dim_size=n, reduce=reduce)
+
+    idx = _broadcast(index, src)
+    out = src.new_zeros((n,) + src.shape[1:])
+    if reduce == "sum":
+        return out.scatter_add(0, idx, src)
+    if reduce == "mean":
+        total = out.scatter_add(0, idx, src)
+        count = torch.bincount(index, minlength=n).clamp_(min=1)  # (N,)
+        return total / count.view((-1,) + (1,) * (src.dim() - 1)).to(src.dtype)
+    # start from NaN, not 0: torch's backward splits the gradient between src and an initial
+    # value equal to the result, so a 0 start would halve the gradient of a true minimum of 0
+    out = out.fill_(float("nan")).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
+    empty = torch.bincount(index, minlength=n) == 0  # (N,)
+    return out.masked_fill(empty.view((-1,) + (1,) * (src.dim() - 1)), 0.0)
+
+
+def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
+    r"""CSR version of :func:`scatter` for edges sorted by target (the fast path).
+
+    Args:
+        src: values per edge, shape ``(E, *)``, sorted by target.
+        ptr: row pointers, shape ``(N + 1,)``, ``ptr[0] = 0``, ``ptr[-1] = E``.
+        reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (default: ``"sum"``).
+
+    Returns:
+        ``(N, *)``; rows with no edge are 0. Deterministic on every device.
+    """
+    _check_reduce(reduce)
+    _check_ptr(src, ptr)
+    ts = _ts()
+    if ts is not None and src.size(0) > 0 and not is_deterministic():
+        return ts.segment_csr(src, ptr.long(), reduce=reduce)
+    return _csr(src, ptr, reduce)
+
+
+# --------------------------------------------------------------------------------------------
+# softmax over the edges of each target
+# --------------------------------------------------------------------------------------------
+
+
+class _SegmentSoftmax(torch.autograd.Function):
+    """Stable softmax per segment that stores only its output for backward.
+
+    Forward: ``a = exp(s - max_seg(s)) / sum_seg(exp(s - max_seg(s)))``.
+    Backward: ``ds = a * (g - sum_seg(a * g))``. The saved tensor is ``a`` alone, so the
+    shifted scores and exponentials are freed as soon as forward returns.
+    """
+
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor, ptr: Tensor | None, n: int) -> Tensor:
+        if ptr is not None:
+            smax = _csr(src, ptr, "max")
+        else:
+            smax = src.new_zeros((n,) + src.shape[1:]).scatter_reduce(
+                0, _broadcast(index, src), src, "amax", include_self=False
+            )
+        out = (src - smax[index]).exp_()  # (E, *)
+        denom = _seg_sum(out, index, ptr, n)  # (N, *)
+        out = out / denom[index]
+        ctx.save_for_backward(out, index, ptr)
+        ctx.n = n
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, index, ptr = ctx.saved_tensors
+        ga = grad * out  # (E, *)
+        dot = _seg_sum(ga, index, ptr, ctx.n)  # (N, *)
+        return ga - out * dot[index], None, None, None
+
+
+def _seg_sum(src: Tensor, index: Tensor, ptr: Tensor | None, n: int) -> Tensor:
+    if ptr is not None:
+        return _csr(src, ptr, "sum")
+    return scatter(src, index, n, "sum")
+
+
+def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) -> Tensor:
+    r"""Softmax of edge scores over the incoming edges of each target node.
+
+    .. math::
+        a_{e} = \frac{\exp(s_e - m_i)}{\sum_{e' : \mathrm{index}_{e'} = i} \exp(s_{e'} - m_i)},
+        \qquad m_i = \max_{e' : \mathrm{index}_{e'} = i} s_{e'}
+
+    computed separately for every trailing position (head, channel). The max subtraction keeps
+    it finite for any finite scores; a target with a single edge gets weight exactly 1.
+    When ``index`` is sorted the CSR kernels are used automatically.
+
+    Args:
+        src: scores, shape ``(E,)``, ``(E, H)`` or ``(E, H, D)``.
+        index: target node of each edge, shape ``(E,)``.
+        num_nodes: number of target nodes (default: ``index.max() + 1``).
+
+    Returns:
+        weights with the shape of ``src``. Differentiable (twice) in ``src``.
+    """
+    _check_index(src, index)
+    n = _dim_size(index, num_nodes)
+    if src.size(0) == 0:
+        return src.clone()
+    if index.dtype != torch.int64:
+        index = index.long()
+    ptr = index_to_ptr(index, n) if _is_sorted(index) else None
+    return _SegmentSoftmax.apply(src, index, ptr, n)
+
+
+def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
+    r"""CSR version of :func:`segment_softmax` for edges sorted by target.
+
+    Args:
+        src: scores, shape ``(E, *)``, sorted by target.
+        ptr: row pointers, shape ``(N + 1,)``.
+    """
+    _check_ptr(src, ptr)
+    if src.size(0) == 0:
+        return src.clone()
+    if ptr.dtype != torch.int64:
+        ptr = ptr.long()
+    return _SegmentSoftmax.apply(src, ptr_to_index(ptr), ptr, ptr.numel() - 1)

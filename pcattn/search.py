@@ -1,0 +1,260 @@
+r"""Exact k-nearest-neighbour search, the engine behind :mod:`pcattn.graphs`.
+
+Two interchangeable back ends return the same answer:
+
+* ``"kdtree"`` (CPU): one SciPy ``cKDTree`` over every cloud of the batch. Clouds are kept apart
+  by an extra coordinate ``batch * L`` with ``L`` larger than any distance inside the data, so
+  one tree and one multi-threaded query serve the whole batch with no Python loop over samples,
+  and distances inside a cloud are unchanged (the extra coordinate differs by exactly 0).
+* ``"brute"`` (any device, the GPU path): chunked pairwise distances and ``topk``. Query rows are
+  processed in chunks whose rows x candidate-columns stay under ``chunk_elements``, and each
+  chunk only looks at the columns of the clouds its rows belong to.
+
+Ties are broken the same way by both: neighbours are ordered by (squared distance, index), so the
+result equals a brute-force reference exactly and is reproducible. The tree answers most rows; a
+row whose k-th and (k+1)-th candidates are equally far (a tie at the boundary, common on grids)
+is recomputed by the brute-force path, which resolves boundary ties by index.
+
+Squared distances are computed in float64 as ``sum_d (y_d - x_d)^2`` on both paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["knn_search"]
+
+_CHUNK_ELEMENTS = 1 << 24  # rows x columns of one brute-force distance block (128 MiB in float64)
+
+
+def knn_search(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor | None,
+    batch_y: Tensor | None,
+    *,
+    self_index: bool = False,
+    r: float | None = None,
+    method: str = "auto",
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> tuple[Tensor, Tensor]:
+    r"""The ``k`` nearest points of ``x`` for every point of ``y``, within the same cloud.
+
+    Args:
+        x: candidates ``(Nx, D)``; y: queries ``(M, D)``; batches sorted (validated upstream).
+        self_index: ``x`` is ``y`` and query ``i`` must not return point ``i`` itself.
+        r: when set, only neighbours with squared distance ``<= r * r`` are kept.
+        method: ``"auto"`` (kd-tree on CPU, brute force elsewhere), ``"kdtree"`` or ``"brute"``.
+
+    Returns:
+        ``idx (M, k)`` int64 indices into ``x`` ordered by (distance, index), ``-1`` where a row
+        has fewer than ``k`` neighbours; ``dist2 (M, k)`` float64, ``inf`` at those slots.
+    """
+    if method == "auto":
+        method = "kdtree" if x.device.type == "cpu" else "brute"
+    if method == "kdtree":
+        return _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements)
+    if method == "brute":
+        self_cols = torch.arange(y.size(0), device=y.device) if self_index else None
+        return _brute(x, y, k, batch_x, batch_y, self_cols, r, chunk_elements)
+    raise ValueError(f"method must be 'auto', 'kdtree' or 'brute', got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# brute force (device agnostic)
+# --------------------------------------------------------------------------------------------
+
+
+def _ranges(batch_x: Tensor | None, batch_y: Tensor | None, nx: int, m: int):
+    """Per query row, the column range ``[lo, hi)`` of its cloud in ``x`` (numpy, int64)."""
+    if batch_x is None:
+        return np.zeros(m, dtype=np.int64), np.full(m, nx, dtype=np.int64)
+    by = batch_y.cpu().numpy()
+    num = int(max(batch_x.max().item() if nx else -1, by.max() if m else -1)) + 1
+    ptr = np.zeros(num + 1, dtype=np.int64)
+    np.cumsum(np.bincount(batch_x.cpu().numpy(), minlength=num), out=ptr[1:])
+    return ptr[by], ptr[by + 1]
+
+
+def _brute(x, y, k, batch_x, batch_y, self_cols, r, chunk_elements):
+    """Brute force; ``self_cols (M,)`` (optional) is the column of ``x`` each row must skip."""
+    m, nx, device = y.size(0), x.size(0), y.device
+    idx_out = torch.full((m, k), -1, dtype=torch.long, device=device)
+    d_out = torch.full((m, k), math.inf, dtype=torch.float64, device=device)
+    if m == 0 or nx == 0:
+        return idx_out, d_out
+    x64, y64 = x.detach().to(torch.float64), y.detach().to(torch.float64)
+    lo, hi = _ranges(batch_x, batch_y, nx, m)
+    s = 0
+    while s < m:
+        e = _chunk_end(lo, hi, s, chunk_elements)
+        c0, c1 = int(lo[s]), int(hi[e - 1])
+        d2 = _sq_dist(y64[s:e], x64[c0:c1])  # (rows, cols)
+        if batch_x is not None:
+            other = batch_y[s:e, None] != batch_x[None, c0:c1]  # (rows, cols)
+            d2.masked_fill_(other, math.inf)
+        if self_cols is not None:
+            rows = torch.arange(e - s, device=device)
+            d2[rows, self_cols[s:e] - c0] = math.inf
+        if r is not None:
+            d2.masked_fill_(d2 > r * r, math.inf)
+        idx, d = _topk_ties_by_index(d2, k)  # (rows, k') with k' = min(k, cols)
+        idx = torch.where(torch.isinf(d), -1, idx + c0)
+        idx_out[s:e, : idx.size(1)] = idx
+        d_out[s:e, : d.size(1)] = d
+        s = e
+    return idx_out, d_out
+
+
+def _chunk_end(lo: np.ndarray, hi: np.ndarray, s: int, budget: int) -> int:
+    """Largest ``e`` (at least ``s + 1``) with ``(e - s) * (hi[e-1] - lo[s]) <= budget``."""
+    m = lo.shape[0]
+    a, b = s + 1, m  # the cost is non-decreasing in e: binary search
+    while a < b:
+        mid = (a + b + 1) // 2
+        if (mid - s) * (hi[mid - 1] - lo[s]) <= budget:
+            a = mid
+        else:
+            b = mid - 1
+    return a
+
+
+def _sq_dist(y: Tensor, x: Tensor) -> Tensor:
+    """``(rows, cols)`` squared distances, summed dimension by dimension (no cancellation)."""
+    d2 = torch.zeros(y.size(0), x.size(0), dtype=y.dtype, device=y.device)
+    for dim in range(y.size(1)):
+        diff = y[:, dim, None] - x[None, :, dim]  # (rows, cols)
+        d2.add_(diff.square_())
+    return d2
+
+
+def _topk_ties_by_index(d2: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest entries of each row, ties broken by column index, sorted."""
+    cols = d2.size(1)
+    kk = min(k + 1, cols)
+    vals, ids = torch.topk(d2, kk, dim=1, largest=False, sorted=True)  # (rows, kk)
+    kout = min(k, cols)
+    if kk > kout:
+        tie = (vals[:, kout - 1] == vals[:, kout]) & torch.isfinite(vals[:, kout - 1])  # (rows,)
+        rows = torch.nonzero(tie).flatten()
+        if rows.numel() > 0:
+            # boundary tie: take everything strictly closer, then the tied columns by index
+            sub = d2[rows]  # (t, cols)
+            tau = vals[rows, kout - 1, None]  # (t, 1)
+            closer = sub < tau
+            tied = sub == tau
+            room = kout - closer.sum(1, keepdim=True)  # (t, 1)
+            keep = closer | (tied & (torch.cumsum(tied, 1) <= room))  # exactly kout per row
+            ids[rows, :kout] = torch.nonzero(keep)[:, 1].view(-1, kout)
+            vals[rows, :kout] = torch.gather(sub, 1, ids[rows, :kout])
+    ids, vals = ids[:, :kout], vals[:, :kout]
+    return _sort_by_dist_then_index(ids, vals)
+
+
+def _sort_by_dist_then_index(ids: Tensor, vals: Tensor) -> tuple[Tensor, Tensor]:
+    ids, order = torch.sort(ids, dim=1)
+    vals = torch.gather(vals, 1, order)
+    vals, order = torch.sort(vals, dim=1, stable=True)
+    return torch.gather(ids, 1, order), vals
+
+
+# --------------------------------------------------------------------------------------------
+# kd-tree (CPU)
+# --------------------------------------------------------------------------------------------
+
+
+def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
+    from scipy.spatial import cKDTree
+
+    m, nx = y.size(0), x.size(0)
+    if m == 0 or nx == 0:
+        return _brute(x, y, k, batch_x, batch_y, None, r, chunk_elements)
+    xs = x.detach().to(torch.float64).numpy()
+    ys = xs if self_index else y.detach().to(torch.float64).numpy()
+    batched = batch_x is not None and (
+        int(batch_x[-1]) != int(batch_x[0]) or int(batch_y[-1]) != int(batch_y[0])
+    )
+    bxn = byn = None
+    if batched:
+        bxn, byn = batch_x.numpy(), batch_y.numpy()
+        lo = np.minimum(xs.min(0), ys.min(0))
+        hi = np.maximum(xs.max(0), ys.max(0))
+        sep = 2.0 * float(np.linalg.norm(hi - lo)) + 2.0 * (r or 0.0) + 1.0  # > any distance
+        xs = np.concatenate([xs, (bxn * sep)[:, None]], axis=1)
+        ys = xs if self_index else np.concatenate([ys, (byn * sep)[:, None]], axis=1)
+
+    kq = k + int(self_index) + 1  # + self, + one more to see a tie at the boundary
+    kq = min(kq, nx)
+    bound = np.inf if r is None else np.nextafter(r, np.inf) * (1.0 + 1e-9)
+    tree = cKDTree(xs, leafsize=16, balanced_tree=False, compact_nodes=False)
+    dist, idx = tree.query(ys, k=kq, workers=-1, distance_upper_bound=bound)
+    dist, idx = dist.reshape(m, kq), idx.reshape(m, kq)
+
+    rows = np.arange(m)
+    if self_index and kq > 0 and (idx[:, 0] == rows).all():
+        dist, idx = dist[:, 1:], idx[:, 1:]  # the common case: a point is its own nearest
+        drop_self = False
+    else:
+        drop_self = self_index
+    invalid = idx >= nx  # missing (beyond the bound or the cloud)
+    if drop_self:
+        invalid |= idx == rows[:, None]
+    if batched:
+        invalid |= bxn[np.minimum(idx, nx - 1)] != byn[:, None]
+    if invalid.any():
+        order = np.argsort(invalid, axis=1, kind="stable")  # valid first, in distance order
+        idx = np.take_along_axis(idx, order, 1)
+        dist = np.take_along_axis(dist, order, 1)
+        invalid = np.take_along_axis(invalid, order, 1)
+        dist[invalid] = np.inf
+        idx[invalid] = -1
+    if r is not None:
+        dist = _exact_sq_dist(x, y, idx, self_index)  # radius: compare d^2 <= r^2 exactly
+        far = dist > r * r
+        dist[far], idx[far] = np.inf, -1
+    else:
+        dist = np.square(dist)
+
+    cols = idx.shape[1]
+    if cols < k:  # radius with tiny clouds
+        pad = k - cols
+        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    tie_rows = np.zeros(m, dtype=bool)
+    if cols > k:
+        tie_rows = (dist[:, k - 1] == dist[:, k]) & np.isfinite(dist[:, k - 1])
+    idx, dist = idx[:, :k], dist[:, :k]
+    if r is not None:  # a missing candidate sorts last, so its slot is fine as it is
+        order = np.lexsort((np.where(idx < 0, nx, idx), dist), axis=1)
+        idx, dist = np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
+    else:
+        inner = (dist[:, 1:] == dist[:, :-1]).any(1)  # rows whose order needs the index
+        if inner.any():
+            sub_i, sub_d = idx[inner], dist[inner]
+            order = np.lexsort((sub_i, sub_d), axis=1)
+            idx[inner] = np.take_along_axis(sub_i, order, 1)
+            dist[inner] = np.take_along_axis(sub_d, order, 1)
+
+    idx_t, dist_t = torch.from_numpy(np.ascontiguousarray(idx)), torch.from_numpy(dist)
+    if tie_rows.any():  # resolve boundary ties by index on the exact path
+        t = torch.from_numpy(np.nonzero(tie_rows)[0])
+        by = None if batch_y is None else batch_y[t]
+        bi, bd = _brute(x, y[t], k, batch_x, by, t if self_index else None, r, chunk_elements)
+        idx_t[t], dist_t[t] = bi, bd
+    return idx_t, dist_t
+
+
+def _exact_sq_dist(x: Tensor, y: Tensor, idx: np.ndarray, self_index: bool) -> np.ndarray:
+    xs = x.detach().to(torch.float64).numpy()
+    ys = xs if self_index else y.detach().to(torch.float64).numpy()
+    cand = xs[np.maximum(idx, 0)]  # (m, c, D)
+    d2 = np.zeros(idx.shape, dtype=np.float64)
+    for dim in range(xs.shape[1]):
+        d2 += np.square(ys[:, None, dim] - cand[:, :, dim])
+    d2[idx < 0] = np.inf
+    return d2

@@ -1,0 +1,233 @@
+"""pcattn.ops against dense references, PyG, gradcheck and torch-scatter (when installed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.utils import softmax as pyg_softmax
+
+from pcattn import ops
+from pcattn.ops import scatter, scatter_csr, segment_softmax, segment_softmax_csr
+
+SHAPES = [(), (3,), (2, 4)]  # trailing dims: (E,), (E, H), (E, H, D)
+
+
+def _random_edges(num_nodes: int, num_edges: int, seed: int, sort: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, num_nodes, (num_edges,), generator=g)
+    if sort:
+        index = index.sort().values
+    return index, g
+
+
+def _dense_reduce(src: torch.Tensor, index: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
+    """Reference: a Python loop over target nodes."""
+    out = torch.zeros((n,) + src.shape[1:], dtype=src.dtype)
+    for i in range(n):
+        rows = src[index == i]
+        if rows.numel() == 0 or rows.size(0) == 0:
+            continue
+        if reduce == "sum":
+            out[i] = rows.sum(0)
+        elif reduce == "mean":
+            out[i] = rows.mean(0)
+        elif reduce == "max":
+            out[i] = rows.max(0).values
+        else:
+            out[i] = rows.min(0).values
+    return out
+
+
+def _dense_softmax(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """Reference: for each target, torch.softmax over its edges."""
+    out = torch.empty_like(src)
+    for i in range(n):
+        mask = index == i
+        if mask.any():
+            out[mask] = torch.softmax(src[mask], dim=0)
+    return out
+
+
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+@pytest.mark.parametrize("trailing", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scatter_matches_loop_reference(reduce, trailing, seed):
+    n = 25  # with 40 random edges some nodes stay empty
+    index, g = _random_edges(n, 40, seed)
+    src = torch.randn((40,) + trailing, generator=g, dtype=torch.float64)
+    out = scatter(src, index, n, reduce)
+    ref = _dense_reduce(src, index, n, reduce)
+    assert out.shape == (n,) + trailing
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    empty = torch.bincount(index, minlength=n) == 0
+    assert empty.any() and (out[empty] == 0).all()
+
+
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+@pytest.mark.parametrize("trailing", SHAPES)
+def test_scatter_csr_equals_scatter_on_sorted_edges(reduce, trailing):
+    n = 9
+    index, g = _random_edges(n, 30, 3, sort=True)
+    src = torch.randn((30,) + trailing, generator=g, dtype=torch.float64)
+    ptr = ops.index_to_ptr(index, n)
+    assert ptr.tolist() == [int((index < i).sum()) for i in range(n + 1)]
+    torch.testing.assert_close(
+        scatter_csr(src, ptr, reduce), _dense_reduce(src, index, n, reduce), rtol=0, atol=1e-12
+    )
+
+
+def test_dim_size_defaults_to_max_index_plus_one():
+    index = torch.tensor([0, 4, 4])
+    out = scatter(torch.ones(3), index)
+    assert out.tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("trailing", SHAPES)
+@pytest.mark.parametrize("sort", [False, True])
+def test_segment_softmax_matches_dense_and_pyg(trailing, sort):
+    n = 13
+    index, g = _random_edges(n, 60, 7, sort=sort)
+    src = 3 * torch.randn((60,) + trailing, generator=g, dtype=torch.float64)
+    out = segment_softmax(src, index, n)
+    torch.testing.assert_close(out, _dense_softmax(src, index, n), rtol=0, atol=1e-12)
+    # PyG, float32, the acceptance bound of 1e-6
+    out32 = segment_softmax(src.float(), index, n)
+    ref32 = pyg_softmax(src.float(), index, num_nodes=n)
+    assert (out32 - ref32).abs().max() <= 1e-6
+    # the rows of every non-empty target sum to one, per trailing position
+    sums = scatter(out, index, n)
+    has = torch.bincount(index, minlength=n) > 0
+    torch.testing.assert_close(sums[has], torch.ones_like(sums[has]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("trailing", SHAPES)
+def test_segment_softmax_csr_matches_coo_and_pyg_ptr(trailing):
+    n = 10
+    index, g = _random_edges(n, 50, 11, sort=True)
+    src = torch.randn((50,) + trailing, generator=g)
+    ptr = ops.index_to_ptr(index, n)
+    out = segment_softmax_csr(src, ptr)
+    torch.testing.assert_close(out, segment_softmax(src, index, n), rtol=0, atol=1e-7)
+    assert (out - pyg_softmax(src, ptr=ptr)).abs().max() <= 1e-6
+
+
+def test_segment_softmax_is_stable_for_huge_scores():
+    index = torch.tensor([0, 0, 0, 1, 1])
+    src = torch.tensor([1e4, 1e4 - 1.0, -1e4, -3e4, -3e4 + 2.0])
+    out = segment_softmax(src, index, 2)
+    assert torch.isfinite(out).all()
+    e1 = torch.exp(torch.tensor(-1.0))
+    expect = torch.tensor([1 / (1 + e1), e1 / (1 + e1), 0.0, 0.0, 0.0])
+    expect[3:] = torch.softmax(torch.tensor([0.0, 2.0]), 0)
+    torch.testing.assert_close(out, expect, rtol=0, atol=1e-7)
+
+
+def test_single_edge_target_gets_weight_one_and_isolated_nodes_are_fine():
+    index = torch.tensor([2, 4, 4])
+    out = segment_softmax(torch.tensor([5.0, 1.0, 1.0]), index, num_nodes=6)
+    assert out.tolist() == [1.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+def test_empty_input_gives_zero_rows(reduce):
+    src = torch.zeros(0, 4)
+    index = torch.zeros(0, dtype=torch.long)
+    assert scatter(src, index, 3, reduce).shape == (3, 4)
+    assert (scatter(src, index, 3, reduce) == 0).all()
+    assert scatter_csr(src, torch.zeros(4, dtype=torch.long), reduce).shape == (3, 4)
+    assert segment_softmax(src, index, 3).shape == (0, 4)
+
+
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+def test_scatter_gradcheck(reduce):
+    index, g = _random_edges(5, 16, 2)
+    # distinct values so max / min have a unique winner (the gradient is then well defined)
+    src = torch.randperm(16 * 3, generator=g).double().view(16, 3).div_(7).requires_grad_()
+    assert torch.autograd.gradcheck(lambda s: scatter(s, index, 6, reduce), (src,))
+    ptr = ops.index_to_ptr(index.sort().values, 6)
+    assert torch.autograd.gradcheck(lambda s: scatter_csr(s, ptr, reduce), (src,))
+
+
+@pytest.mark.parametrize("trailing", SHAPES)
+@pytest.mark.parametrize("sort", [False, True])
+def test_segment_softmax_gradcheck_and_gradgradcheck(trailing, sort):
+    index, g = _random_edges(6, 20, 5, sort=sort)
+    src = torch.randn((20,) + trailing, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda s: segment_softmax(s, index, 7)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (src,))
+    assert torch.autograd.gradgradcheck(fn, (src,))
+    if sort:
+        ptr = ops.index_to_ptr(index, 7)
+        assert torch.autograd.gradcheck(lambda s: segment_softmax_csr(s, ptr), (src,))
+
+
+def test_softmax_backward_equals_autograd_of_dense_reference():
+    index, g = _random_edges(8, 40, 9)
+    src = torch.randn(40, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    (grad_ours,) = torch.autograd.grad((segment_softmax(src, index, 8) * w).sum(), src)
+    (grad_ref,) = torch.autograd.grad((_dense_softmax(src, index, 8) * w).sum(), src)
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=0, atol=1e-12)
+
+
+def test_deterministic_mode_adds_each_row_in_edge_order():
+    index, g = _random_edges(50, 5000, 4)
+    src = torch.randn(5000, 8, generator=g) * 1e3
+    with ops.deterministic():
+        assert ops.is_deterministic()
+        a = scatter(src, index, 50)
+        b = scatter(src, index, 50)
+        m = scatter(src, index, 50, "mean")
+    assert not ops.is_deterministic()
+    assert torch.equal(a, b)
+    # reference: a strictly sequential float32 sum of each target's edges in edge order
+    ref = torch.zeros(50, 8)
+    for i in range(50):
+        acc = torch.zeros(8)
+        for row in src[index == i]:
+            acc = acc + row
+        ref[i] = acc
+    assert torch.equal(a, ref)
+    ref_mean = _dense_reduce(src.double(), index, 50, "mean").float()
+    torch.testing.assert_close(m, ref_mean, rtol=1e-5, atol=1e-3)
+
+
+def test_torch_deterministic_flag_turns_on_deterministic_mode():
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert ops.is_deterministic()
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.skipif(not ops.torch_scatter_available(), reason="torch-scatter not installed")
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+def test_torch_scatter_backend_gives_identical_results(reduce):
+    index, g = _random_edges(30, 500, 8)
+    src = torch.randn(500, 4, 5, generator=g, dtype=torch.float64)
+    prev = ops.use_torch_scatter(True)
+    try:
+        with_ts = scatter(src, index, 31, reduce)
+        sorted_index = index.sort().values
+        ptr = ops.index_to_ptr(sorted_index, 31)
+        csr_ts = scatter_csr(src, ptr, reduce)
+        ops.use_torch_scatter(False)
+        torch.testing.assert_close(with_ts, scatter(src, index, 31, reduce), rtol=0, atol=1e-12)
+        torch.testing.assert_close(csr_ts, scatter_csr(src, ptr, reduce), rtol=0, atol=1e-12)
+    finally:
+        ops.use_torch_scatter(prev)
+
+
+def test_bad_arguments_raise_clear_errors():
+    src = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"reduce must be one of \('sum', 'mean', 'max', 'min'\)"):
+        scatter(src, torch.zeros(4, dtype=torch.long), 2, "prod")
+    with pytest.raises(ValueError, match="index has 3 entries but src has 4 rows"):
+        scatter(src, torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"index must be a 1-D tensor of shape \(E,\), got \(4, 1"):
+        segment_softmax(src, torch.zeros(4, 1, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="index must be int64"):
+        scatter(src, torch.zeros(4), 2)
+    with pytest.raises(ValueError, match="ptr must be a 1-D tensor"):
+        scatter_csr(src, torch.zeros(2, 2, dtype=torch.long))
