@@ -9,7 +9,7 @@ A kNN-like graph sorted by target: N = 16,384 and 100,000 nodes with 16 edges ea
 * ``scatter(src, index, N, reduce)`` and ``scatter_csr(src, ptr, reduce)`` for sum, mean and
   max, src (E, 64), vs ``torch_geometric.utils.scatter(src, index, 0, dim_size=N, reduce=...)``.
 * the COO path: softmax (E, 4) and scatter sum with a randomly permuted (unsorted) index.
-* when torch-scatter imports: ours with that backend on vs off (``use_torch_scatter``).
+* when torch-scatter imports: ours with that backend forced on vs off (``use_torch_scatter``).
 
 Otherwise ours runs with the backend pcattn picks (printed). Each time is the median of
 ``--repeats`` runs after one warm-up, with ``time.perf_counter``. At the end: the largest
@@ -69,14 +69,16 @@ def machine_line() -> str:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    enabled = ops.use_torch_scatter(True)  # read the switch without changing it
-    ops.use_torch_scatter(enabled)
+    mode = ops.use_torch_scatter("auto")  # read the switch without changing it
+    ops.use_torch_scatter(mode)
     ts = "not installed"
     if ops.torch_scatter_available():
         import torch_scatter
 
         ts = torch_scatter.__version__
-    ours = "torch-scatter" if enabled and ops.torch_scatter_available() else "pure torch"
+    ours = "pure torch"
+    if ops.torch_scatter_available() and mode is not False:
+        ours = "torch-scatter" if mode is True else "torch-scatter where faster (CUDA CSR)"
     pyg = "torch-scatter" if torch_geometric.typing.WITH_TORCH_SCATTER else "pure torch"
     return (
         f"{cpu}, torch threads {torch.get_num_threads()}; torch {torch.__version__}, "

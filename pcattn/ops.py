@@ -15,10 +15,15 @@ Two addressing modes:
 Conventions shared with PyG / torch-scatter: a node with no incoming edge gets ``0`` for every
 reduction (not ``-inf`` or NaN).
 
-Backends: pure PyTorch on every device. When `torch-scatter <https://github.com/rusty1s/
-pytorch_scatter>`_ is importable it is used for the reductions where it was measured faster
-(see ``benchmarks/bench_ops.py``); :func:`use_torch_scatter` switches it off. Results are
-equal either way (tested when it is installed).
+Kernel choice (measured, ``benchmarks/bench_ops.py``): rows with few trailing values (``< 16``,
+e.g. scores ``(E, H)``) reduce fastest with CSR segment kernels, wide rows (features ``(E, C)``)
+with index scatter kernels, so every function picks by width and by what it was given.
+
+Backends: pure PyTorch on every device. `torch-scatter <https://github.com/rusty1s/
+pytorch_scatter>`_, when importable, is used where it is faster: for CSR reductions on CUDA.
+On CPU it was measured no faster than the PyTorch kernels (its ``max`` 15-30x slower), so it is
+not used there; :func:`use_torch_scatter` forces it on (``True``) or off (``False``) anywhere,
+``"auto"`` restores the default. Results are equal either way (tested when it is installed).
 
 Determinism: on CUDA, ``scatter_add`` uses atomics and sums in a non-reproducible order. Inside
 ``with pcattn.ops.deterministic():`` (or when ``torch.use_deterministic_algorithms(True)`` is on)
@@ -55,10 +60,12 @@ REDUCTIONS = ("sum", "mean", "max", "min")
 
 _AMAX = {"max": "amax", "min": "amin"}
 
+_WIDE = 16  # trailing values per row from which index kernels beat segment kernels
+
 _state = {
     "deterministic": False,
-    # torch-scatter is opt-out; PCATTN_NO_TORCH_SCATTER=1 disables it for a whole process.
-    "torch_scatter": os.environ.get("PCATTN_NO_TORCH_SCATTER", "0") != "1",
+    # "auto", True or False; PCATTN_NO_TORCH_SCATTER=1 turns it off for a whole process
+    "torch_scatter": False if os.environ.get("PCATTN_NO_TORCH_SCATTER") == "1" else "auto",
 }
 _torch_scatter = None  # the module once imported; False when not installed
 
@@ -90,10 +97,13 @@ def is_deterministic() -> bool:
     return _state["deterministic"] or torch.are_deterministic_algorithms_enabled()
 
 
-def use_torch_scatter(enabled: bool) -> bool:
-    """Allow (``True``) or forbid (``False``) the torch-scatter backend; returns the old value."""
+def use_torch_scatter(mode: bool | str) -> bool | str:
+    """Use torch-scatter where it is faster (``"auto"``, the default), wherever it has the
+    operation (``True``) or never (``False``); returns the previous mode."""
+    if mode not in ("auto", True, False):
+        raise ValueError(f"mode must be 'auto', True or False, got {mode!r}")
     previous = _state["torch_scatter"]
-    _state["torch_scatter"] = bool(enabled)
+    _state["torch_scatter"] = mode
     return previous
 
 
@@ -116,9 +126,12 @@ def _get_torch_scatter():
     return _torch_scatter or None
 
 
-def _ts():
-    """torch_scatter when it is installed and allowed, else None."""
-    return _get_torch_scatter() if _state["torch_scatter"] else None
+def _ts(src: Tensor, csr: bool):
+    """torch_scatter when installed and chosen for this call, else None."""
+    mode = _state["torch_scatter"]
+    if mode is False or (mode == "auto" and not (csr and src.is_cuda)):
+        return None
+    return _get_torch_scatter()
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,12 +210,10 @@ def _broadcast(index: Tensor, src: Tensor) -> Tensor:
 
 
 def _csr(src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
-    """Pure-torch CSR reduction; empty rows give 0."""
+    """Segment kernel on row pointers; empty rows give 0. Deterministic on every device."""
     num_nodes = ptr.numel() - 1
     if src.size(0) == 0:
         return src.new_zeros((num_nodes,) + src.shape[1:])
-    if ptr.dtype != torch.int64:
-        ptr = ptr.long()
     out = torch.segment_reduce(src, reduce, offsets=ptr, axis=0, unsafe=True)
     if reduce != "sum":
         empty = (ptr[1:] == ptr[:-1]).view((-1,) + (1,) * (src.dim() - 1))  # (N, 1, ...)
@@ -210,7 +221,41 @@ def _csr(src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
     return out
 
 
-def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str = "sum") -> Tensor:
+def _coo(src: Tensor, index: Tensor, n: int, reduce: str) -> Tensor:
+    """Index scatter kernel, edges in any order; empty rows give 0."""
+    idx = _broadcast(index, src)
+    out = src.new_zeros((n,) + src.shape[1:])
+    if reduce == "sum":
+        return out.scatter_add(0, idx, src)
+    if reduce == "mean":
+        total = out.scatter_add(0, idx, src)
+        count = torch.bincount(index, minlength=n).clamp_(min=1)  # (N,)
+        return total / count.view((-1,) + (1,) * (src.dim() - 1)).to(src.dtype)
+    # start from NaN, not 0: torch's backward splits the gradient between src and an initial
+    # value equal to the result, so a 0 start would halve the gradient of a true minimum of 0
+    out = out.fill_(float("nan")).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
+    empty = torch.bincount(index, minlength=n) == 0  # (N,)
+    return out.masked_fill(empty.view((-1,) + (1,) * (src.dim() - 1)), 0.0)
+
+
+def _wide(src: Tensor) -> bool:
+    return src[0].numel() >= _WIDE if src.size(0) > 0 else False
+
+
+def _reduce(src: Tensor, index: Tensor, ptr: Tensor | None, n: int, reduce: str) -> Tensor:
+    """The fastest exact kernel for what is known: ``ptr`` (target-sorted) or only ``index``."""
+    if ptr is not None and (not _wide(src) or (is_deterministic() and reduce in ("sum", "mean"))):
+        return _csr(src, ptr, reduce)
+    if ptr is None and is_deterministic() and reduce in ("sum", "mean"):
+        # sums are the only order-dependent reduction: sort once, add each row's edges in order
+        perm = torch.argsort(index, stable=True)
+        return _csr(src[perm], index_to_ptr(index[perm], n), reduce)
+    return _coo(src, index, n, reduce)
+
+
+def scatter(
+    src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str = "sum"
+) -> Tensor:
     r"""Reduce the rows of ``src`` that share a target index.
 
     .. math::
@@ -233,29 +278,10 @@ def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str
         return src.new_zeros((n,) + src.shape[1:])
     if index.dtype != torch.int64:
         index = index.long()
-
-    if is_deterministic() and reduce in ("sum", "mean"):
-        # sums are the only order-dependent reduction: sort once, add each row's edges in order
-        perm = torch.argsort(index, stable=True)
-        return _csr(src[perm], index_to_ptr(index[perm], n), reduce)
-
-    ts = _ts()
-    if ts is not None:
+    ts = _ts(src, csr=False)
+    if ts is not None and not is_deterministic():
         return ts.scatter(src, index, dim=0, dim_size=n, reduce=reduce)
-
-    idx = _broadcast(index, src)
-    out = src.new_zeros((n,) + src.shape[1:])
-    if reduce == "sum":
-        return out.scatter_add(0, idx, src)
-    if reduce == "mean":
-        total = out.scatter_add(0, idx, src)
-        count = torch.bincount(index, minlength=n).clamp_(min=1)  # (N,)
-        return total / count.view((-1,) + (1,) * (src.dim() - 1)).to(src.dtype)
-    # start from NaN, not 0: torch's backward splits the gradient between src and an initial
-    # value equal to the result, so a 0 start would halve the gradient of a true minimum of 0
-    out = out.fill_(float("nan")).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
-    empty = torch.bincount(index, minlength=n) == 0  # (N,)
-    return out.masked_fill(empty.view((-1,) + (1,) * (src.dim() - 1)), 0.0)
+    return _reduce(src, index, None, n, reduce)
 
 
 def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
@@ -267,14 +293,20 @@ def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
         reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (default: ``"sum"``).
 
     Returns:
-        ``(N, *)``; rows with no edge are 0. Deterministic on every device.
+        ``(N, *)``; rows with no edge are 0. Differentiable in ``src``.
     """
     _check_reduce(reduce)
     _check_ptr(src, ptr)
-    ts = _ts()
-    if ts is not None and src.size(0) > 0 and not is_deterministic():
-        return ts.segment_csr(src, ptr.long(), reduce=reduce)
-    return _csr(src, ptr, reduce)
+    if ptr.dtype != torch.int64:
+        ptr = ptr.long()
+    n = ptr.numel() - 1
+    if src.size(0) == 0:
+        return src.new_zeros((n,) + src.shape[1:])
+    ts = _ts(src, csr=True)
+    if ts is not None:
+        return ts.segment_csr(src, ptr, reduce=reduce)
+    index = ptr_to_index(ptr) if _wide(src) else None
+    return _reduce(src, index, ptr, n, reduce)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,14 +324,9 @@ class _SegmentSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, src: Tensor, index: Tensor, ptr: Tensor | None, n: int) -> Tensor:
-        if ptr is not None:
-            smax = _csr(src, ptr, "max")
-        else:
-            smax = src.new_zeros((n,) + src.shape[1:]).scatter_reduce(
-                0, _broadcast(index, src), src, "amax", include_self=False
-            )
+        smax = _reduce(src, index, ptr, n, "max")  # (N, *)
         out = (src - smax[index]).exp_()  # (E, *)
-        denom = _seg_sum(out, index, ptr, n)  # (N, *)
+        denom = _reduce(out, index, ptr, n, "sum")  # (N, *)
         out = out / denom[index]
         ctx.save_for_backward(out, index, ptr)
         ctx.n = n
@@ -309,14 +336,8 @@ class _SegmentSoftmax(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         out, index, ptr = ctx.saved_tensors
         ga = grad * out  # (E, *)
-        dot = _seg_sum(ga, index, ptr, ctx.n)  # (N, *)
+        dot = _reduce(ga, index, ptr, ctx.n, "sum")  # (N, *)
         return ga - out * dot[index], None, None, None
-
-
-def _seg_sum(src: Tensor, index: Tensor, ptr: Tensor | None, n: int) -> Tensor:
-    if ptr is not None:
-        return _csr(src, ptr, "sum")
-    return scatter(src, index, n, "sum")
 
 
 def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) -> Tensor:
@@ -328,7 +349,7 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
 
     computed separately for every trailing position (head, channel). The max subtraction keeps
     it finite for any finite scores; a target with a single edge gets weight exactly 1.
-    When ``index`` is sorted the CSR kernels are used automatically.
+    When ``index`` is sorted, segment kernels are used where they are faster.
 
     Args:
         src: scores, shape ``(E,)``, ``(E, H)`` or ``(E, H, D)``.
@@ -344,7 +365,8 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
         return src.clone()
     if index.dtype != torch.int64:
         index = index.long()
-    ptr = index_to_ptr(index, n) if _is_sorted(index) else None
+    # segment kernels pay off for narrow rows when the edges happen to be target-sorted
+    ptr = index_to_ptr(index, n) if not _wide(src) and _is_sorted(index) else None
     return _SegmentSoftmax.apply(src, index, ptr, n)
 
 

@@ -5,7 +5,9 @@ Two interchangeable back ends return the same answer:
 * ``"kdtree"`` (CPU): one SciPy ``cKDTree`` over every cloud of the batch. Clouds are kept apart
   by an extra coordinate ``batch * L`` with ``L`` larger than any distance inside the data, so
   one tree and one multi-threaded query serve the whole batch with no Python loop over samples,
-  and distances inside a cloud are unchanged (the extra coordinate differs by exactly 0).
+  and distances inside a cloud are unchanged (the extra coordinate differs by exactly 0). A
+  graph on one point set is queried in the tree's own leaf order, which keeps consecutive
+  queries in the same part of the tree.
 * ``"brute"`` (any device, the GPU path): chunked pairwise distances and ``topk``. Query rows are
   processed in chunks whose rows x candidate-columns stay under ``chunk_elements``, and each
   chunk only looks at the columns of the clouds its rows belong to.
@@ -51,9 +53,13 @@ def knn_search(
         r: when set, only neighbours with squared distance ``<= r * r`` are kept.
         method: ``"auto"`` (kd-tree on CPU, brute force elsewhere), ``"kdtree"`` or ``"brute"``.
 
+    Without ``r``, every cloud of ``x`` must hold at least ``k`` points (``k + 1`` with
+    ``self_index``); the public builders check this.
+
     Returns:
         ``idx (M, k)`` int64 indices into ``x`` ordered by (distance, index), ``-1`` where a row
-        has fewer than ``k`` neighbours; ``dist2 (M, k)`` float64, ``inf`` at those slots.
+        has fewer than ``k`` neighbours; ``dist (M, k)`` float64 Euclidean distances, ``inf`` at
+        those slots.
     """
     if method == "auto":
         method = "kdtree" if x.device.type == "cpu" else "brute"
@@ -108,7 +114,7 @@ def _brute(x, y, k, batch_x, batch_y, self_cols, r, chunk_elements):
         idx_out[s:e, : idx.size(1)] = idx
         d_out[s:e, : d.size(1)] = d
         s = e
-    return idx_out, d_out
+    return idx_out, d_out.sqrt_()
 
 
 def _chunk_end(lo: np.ndarray, hi: np.ndarray, s: int, budget: int) -> int:
@@ -174,8 +180,8 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
     m, nx = y.size(0), x.size(0)
     if m == 0 or nx == 0:
         return _brute(x, y, k, batch_x, batch_y, None, r, chunk_elements)
-    xs = x.detach().to(torch.float64).numpy()
-    ys = xs if self_index else y.detach().to(torch.float64).numpy()
+    xs = x64 = x.detach().to(torch.float64).numpy()
+    ys = y64 = xs if self_index else y.detach().to(torch.float64).numpy()
     batched = batch_x is not None and (
         int(batch_x[-1]) != int(batch_x[0]) or int(batch_y[-1]) != int(batch_y[0])
     )
@@ -192,66 +198,89 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
     kq = min(kq, nx)
     bound = np.inf if r is None else np.nextafter(r, np.inf) * (1.0 + 1e-9)
     tree = cKDTree(xs, leafsize=16, balanced_tree=False, compact_nodes=False)
-    dist, idx = tree.query(ys, k=kq, workers=-1, distance_upper_bound=bound)
-    dist, idx = dist.reshape(m, kq), idx.reshape(m, kq)
+    if self_index:
+        # query in the tree's leaf order: neighbouring queries walk the same nodes (about 1.4x
+        # faster than the input order), then put the rows back
+        order = tree.indices
+        dist_l, idx_l = tree.query(xs[order], k=kq, workers=-1, distance_upper_bound=bound)
+        dist = np.empty((m, kq))
+        idx = np.empty((m, kq), dtype=idx_l.dtype)
+        dist[order], idx[order] = dist_l.reshape(m, kq), idx_l.reshape(m, kq)
+    else:
+        dist, idx = tree.query(ys, k=kq, workers=-1, distance_upper_bound=bound)
+        dist, idx = dist.reshape(m, kq), idx.reshape(m, kq)
 
     rows = np.arange(m)
-    if self_index and kq > 0 and (idx[:, 0] == rows).all():
+    if self_index and (idx[:, 0] == rows).all():
         dist, idx = dist[:, 1:], idx[:, 1:]  # the common case: a point is its own nearest
         drop_self = False
     else:
         drop_self = self_index
-    invalid = idx >= nx  # missing (beyond the bound or the cloud)
-    if drop_self:
-        invalid |= idx == rows[:, None]
-    if batched:
-        invalid |= bxn[np.minimum(idx, nx - 1)] != byn[:, None]
-    if invalid.any():
-        order = np.argsort(invalid, axis=1, kind="stable")  # valid first, in distance order
-        idx = np.take_along_axis(idx, order, 1)
-        dist = np.take_along_axis(dist, order, 1)
-        invalid = np.take_along_axis(invalid, order, 1)
-        dist[invalid] = np.inf
-        idx[invalid] = -1
+    # Without r, upstream checked that every cloud has k (+ self) points, and any point of
+    # another cloud is farther than all of them: only the extra tie column can be invalid.
+    if r is not None or drop_self:
+        invalid = idx >= nx  # missing (beyond the bound)
+        if drop_self:
+            invalid |= idx == rows[:, None]
+        if batched:
+            invalid |= bxn[np.minimum(idx, nx - 1)] != byn[:, None]
+        if invalid.any():
+            order = np.argsort(invalid, axis=1, kind="stable")  # valid first, in order
+            idx = np.take_along_axis(idx, order, 1)
+            dist = np.take_along_axis(dist, order, 1)
+            invalid = np.take_along_axis(invalid, order, 1)
+            dist[invalid] = np.inf
+            idx[invalid] = -1
+    elif batched and idx.shape[1] > k:
+        other = bxn[idx[:, k]] != byn  # (m,) the tie column reached into another cloud
+        dist[other, k] = np.inf
     if r is not None:
-        dist = _exact_sq_dist(x, y, idx, self_index)  # radius: compare d^2 <= r^2 exactly
+        dist = _exact_sq_dist(x64, y64, idx)  # compare d^2 <= r^2 exactly
         far = dist > r * r
         dist[far], idx[far] = np.inf, -1
-    else:
-        dist = np.square(dist)
 
     cols = idx.shape[1]
     if cols < k:  # radius with tiny clouds
-        pad = k - cols
-        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
-        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+        idx = np.pad(idx, ((0, 0), (0, k - cols)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, k - cols)), constant_values=np.inf)
     tie_rows = np.zeros(m, dtype=bool)
-    if cols > k:
+    if cols > k:  # the k-th and the (k+1)-th are equally far: the set itself needs the index
         tie_rows = (dist[:, k - 1] == dist[:, k]) & np.isfinite(dist[:, k - 1])
     idx, dist = idx[:, :k], dist[:, :k]
-    if r is not None:  # a missing candidate sorts last, so its slot is fine as it is
-        order = np.lexsort((np.where(idx < 0, nx, idx), dist), axis=1)
-        idx, dist = np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
-    else:
-        inner = (dist[:, 1:] == dist[:, :-1]).any(1)  # rows whose order needs the index
-        if inner.any():
-            sub_i, sub_d = idx[inner], dist[inner]
-            order = np.lexsort((sub_i, sub_d), axis=1)
-            idx[inner] = np.take_along_axis(sub_i, order, 1)
-            dist[inner] = np.take_along_axis(sub_d, order, 1)
 
-    idx_t, dist_t = torch.from_numpy(np.ascontiguousarray(idx)), torch.from_numpy(dist)
+    # within a row, order by (squared distance, index): fix the rows where that can differ
+    # from the tree's order (equal distances, or for radius any disorder after the recompute)
+    if r is None:
+        fix = np.nonzero((dist[:, 1:] == dist[:, :-1]).any(1))[0]
+    else:
+        key = np.where(idx < 0, nx, idx)
+        bad = (dist[:, 1:] < dist[:, :-1]) | (
+            (dist[:, 1:] == dist[:, :-1]) & (key[:, 1:] < key[:, :-1])
+        )
+        fix = np.nonzero(bad.any(1))[0]
+    if fix.size:
+        sub_i = idx[fix]
+        sub_d = _exact_sq_dist(x64, y64[fix], sub_i)
+        order = np.lexsort((np.where(sub_i < 0, nx, sub_i), sub_d), axis=1)
+        idx[fix] = np.take_along_axis(sub_i, order, 1)
+        dist[fix] = np.take_along_axis(sub_d, order, 1)
+        if r is None:
+            dist[fix] = np.sqrt(dist[fix])
+
+    edges = torch.from_numpy(np.ascontiguousarray(idx))
+    if r is not None:
+        dist = np.sqrt(dist)
+    dist_t = torch.from_numpy(dist)
     if tie_rows.any():  # resolve boundary ties by index on the exact path
         t = torch.from_numpy(np.nonzero(tie_rows)[0])
         by = None if batch_y is None else batch_y[t]
         bi, bd = _brute(x, y[t], k, batch_x, by, t if self_index else None, r, chunk_elements)
-        idx_t[t], dist_t[t] = bi, bd
-    return idx_t, dist_t
+        edges[t], dist_t[t] = bi, bd
+    return edges, dist_t
 
 
-def _exact_sq_dist(x: Tensor, y: Tensor, idx: np.ndarray, self_index: bool) -> np.ndarray:
-    xs = x.detach().to(torch.float64).numpy()
-    ys = xs if self_index else y.detach().to(torch.float64).numpy()
+def _exact_sq_dist(xs: np.ndarray, ys: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Squared distances of the rows ``ys`` to their candidates ``idx`` (``inf`` where ``-1``)."""
     cand = xs[np.maximum(idx, 0)]  # (m, c, D)
     d2 = np.zeros(idx.shape, dtype=np.float64)
     for dim in range(xs.shape[1]):

@@ -9,7 +9,8 @@ from torch_geometric.utils import softmax as pyg_softmax
 from pcattn import ops
 from pcattn.ops import scatter, scatter_csr, segment_softmax, segment_softmax_csr
 
-SHAPES = [(), (3,), (2, 4)]  # trailing dims: (E,), (E, H), (E, H, D)
+# trailing dims: (E,), (E, H), (E, H, D); the last is wide enough for the index kernels
+SHAPES = [(), (3,), (2, 4), (2, 16)]
 
 
 def _random_edges(num_nodes: int, num_edges: int, seed: int, sort: bool = False):
@@ -206,7 +207,7 @@ def test_torch_deterministic_flag_turns_on_deterministic_mode():
 def test_torch_scatter_backend_gives_identical_results(reduce):
     index, g = _random_edges(30, 500, 8)
     src = torch.randn(500, 4, 5, generator=g, dtype=torch.float64)
-    prev = ops.use_torch_scatter(True)
+    prev = ops.use_torch_scatter(True)  # forced on, also where "auto" would not use it
     try:
         with_ts = scatter(src, index, 31, reduce)
         sorted_index = index.sort().values
@@ -231,3 +232,8 @@ def test_bad_arguments_raise_clear_errors():
         scatter(src, torch.zeros(4), 2)
     with pytest.raises(ValueError, match="ptr must be a 1-D tensor"):
         scatter_csr(src, torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_use_torch_scatter_refuses_unknown_modes():
+    with pytest.raises(ValueError, match="mode must be 'auto', True or False, got 'yes'"):
+        ops.use_torch_scatter("yes")
