@@ -141,6 +141,7 @@ def bench_size(n: int, small: bool, repeats: int, o3d, na: str, rows: list, res:
 
     # kNN graph, one cloud
     knn_op = f"kNN graph k={K}"
+
     def kdtree():
         return cKDTree(pos_np).query(pos_np, k=K, workers=-1)
 

@@ -272,8 +272,15 @@ def fps(
     if method == "compiled":
         soa = pos.detach().to(dtype).t().contiguous()  # (D, N): one row per coordinate
         out = torch.empty(int(take.sum()), dtype=torch.long)
-        ext.fps(soa.numpy(), soa.size(0), dtype == torch.float64, ptr.numpy(),
-                take.numpy(), start.numpy(), out.numpy())
+        ext.fps(
+            soa.numpy(),
+            soa.size(0),
+            dtype == torch.float64,
+            ptr.numpy(),
+            take.numpy(),
+            start.numpy(),
+            out.numpy(),
+        )
         return out
     return _fps_torch(pos.detach().to(dtype), counts, ptr, take, start)
 

@@ -253,9 +253,7 @@ def _reduce(src: Tensor, index: Tensor, ptr: Tensor | None, n: int, reduce: str)
     return _coo(src, index, n, reduce)
 
 
-def scatter(
-    src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str = "sum"
-) -> Tensor:
+def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str = "sum") -> Tensor:
     r"""Reduce the rows of ``src`` that share a target index.
 
     .. math::
