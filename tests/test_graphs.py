@@ -197,6 +197,24 @@ def test_radius_graph_equals_brute_force(method, seed, loop):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_radius_graph_on_a_lattice_keeps_the_nearest_by_index(method):
+    """Many points exactly at distance r and caps that cut through equal distances."""
+    g = (
+        torch.stack(
+            torch.meshgrid(torch.arange(6), torch.arange(5), torch.arange(4), indexing="ij"), -1
+        )
+        .view(-1, 3)
+        .double()
+    )
+    pos = g[torch.randperm(g.size(0), generator=torch.Generator().manual_seed(2))]
+    batch = _batch([50, 70])
+    for r, cap in ((1.0, 32), (1.5, 7), (2.0, 10)):
+        ei = graphs.radius_graph(pos, r, batch, max_num_neighbors=cap, method=method)
+        ref = _ref_knn(pos, pos, cap, batch.numpy(), batch.numpy(), exclude_self=True, r=r)
+        assert torch.equal(ei, _rows_to_edges(ref))
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_radius_is_inclusive(method):
     pos = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0]], dtype=torch.float64)
     ei = graphs.radius_graph(pos, 0.5, method=method)
