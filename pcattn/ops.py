@@ -231,8 +231,11 @@ def _coo(src: Tensor, index: Tensor, n: int, reduce: str) -> Tensor:
         total = out.scatter_add(0, idx, src)
         count = torch.bincount(index, minlength=n).clamp_(min=1)  # (N,)
         return total / count.view((-1,) + (1,) * (src.dim() - 1)).to(src.dtype)
-    # start from NaN, not 0: torch's backward splits the gradient between src and an initial
-    # value equal to the result, so a 0 start would halve the gradient of a true minimum of 0
+    if not (src.requires_grad and torch.is_grad_enabled()):
+        return out.scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
+    # for autograd start from NaN, not 0: torch's backward splits the gradient between src and
+    # an initial value equal to the result, so a 0 start would halve the gradient of a true
+    # extremum of 0
     out = out.fill_(float("nan")).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
     empty = torch.bincount(index, minlength=n) == 0  # (N,)
     return out.masked_fill(empty.view((-1,) + (1,) * (src.dim() - 1)), 0.0)
@@ -242,9 +245,12 @@ def _wide(src: Tensor) -> bool:
     return src[0].numel() >= _WIDE if src.size(0) > 0 else False
 
 
-def _reduce(src: Tensor, index: Tensor, ptr: Tensor | None, n: int, reduce: str) -> Tensor:
-    """The fastest exact kernel for what is known: ``ptr`` (target-sorted) or only ``index``."""
-    if ptr is not None and (not _wide(src) or (is_deterministic() and reduce in ("sum", "mean"))):
+def _reduce(src: Tensor, index: Tensor | None, ptr: Tensor | None, n: int, reduce: str) -> Tensor:
+    """The fastest exact kernel for what is known: ``ptr`` (target-sorted) and / or ``index``
+    (at least one of them; ``index`` must be given for wide rows)."""
+    if ptr is not None and (
+        index is None or not _wide(src) or (is_deterministic() and reduce in ("sum", "mean"))
+    ):
         return _csr(src, ptr, reduce)
     if ptr is None and is_deterministic() and reduce in ("sum", "mean"):
         # sums are the only order-dependent reduction: sort once, add each row's edges in order
@@ -321,11 +327,11 @@ class _SegmentSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, src: Tensor, index: Tensor, ptr: Tensor | None, n: int) -> Tensor:
+    def forward(ctx, src: Tensor, index: Tensor | None, ptr: Tensor | None, n: int) -> Tensor:
         smax = _reduce(src, index, ptr, n, "max")  # (N, *)
-        out = (src - smax[index]).exp_()  # (E, *)
+        out = (src - _expand(smax, index, ptr, src.size(0))).exp_()  # (E, *)
         denom = _reduce(out, index, ptr, n, "sum")  # (N, *)
-        out = out / denom[index]
+        out = out / _expand(denom, index, ptr, src.size(0))
         ctx.save_for_backward(out, index, ptr)
         ctx.n = n
         return out
@@ -335,7 +341,15 @@ class _SegmentSoftmax(torch.autograd.Function):
         out, index, ptr = ctx.saved_tensors
         ga = grad * out  # (E, *)
         dot = _reduce(ga, index, ptr, ctx.n, "sum")  # (N, *)
-        return ga - out * dot[index], None, None, None
+        return ga - out * _expand(dot, index, ptr, out.size(0)), None, None, None
+
+
+def _expand(per_node: Tensor, index: Tensor | None, ptr: Tensor | None, e: int) -> Tensor:
+    """``per_node[target of each edge]``: a gather, or on row pointers a repeat (cheaper)."""
+    if index is None:
+        counts = ptr[1:] - ptr[:-1]  # (N,)
+        return per_node.repeat_interleave(counts, dim=0, output_size=e)
+    return per_node[index]
 
 
 def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) -> Tensor:
@@ -364,8 +378,9 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
     if index.dtype != torch.int64:
         index = index.long()
     # segment kernels pay off for narrow rows when the edges happen to be target-sorted
-    ptr = index_to_ptr(index, n) if not _wide(src) and _is_sorted(index) else None
-    return _SegmentSoftmax.apply(src, index, ptr, n)
+    if not _wide(src) and _is_sorted(index):
+        return _SegmentSoftmax.apply(src, None, index_to_ptr(index, n), n)
+    return _SegmentSoftmax.apply(src, index, None, n)
 
 
 def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
@@ -380,4 +395,5 @@ def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
         return src.clone()
     if ptr.dtype != torch.int64:
         ptr = ptr.long()
-    return _SegmentSoftmax.apply(src, ptr_to_index(ptr), ptr, ptr.numel() - 1)
+    index = ptr_to_index(ptr) if _wide(src) else None  # narrow rows never need the index
+    return _SegmentSoftmax.apply(src, index, ptr, ptr.numel() - 1)

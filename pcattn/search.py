@@ -180,8 +180,9 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
     m, nx = y.size(0), x.size(0)
     if m == 0 or nx == 0:
         return _brute(x, y, k, batch_x, batch_y, None, r, chunk_elements)
+    same = self_index or x is y  # a graph on one point set
     xs = x64 = x.detach().to(torch.float64).numpy()
-    ys = y64 = xs if self_index else y.detach().to(torch.float64).numpy()
+    ys = y64 = xs if same else y.detach().to(torch.float64).numpy()
     batched = batch_x is not None and (
         int(batch_x[-1]) != int(batch_x[0]) or int(batch_y[-1]) != int(batch_y[0])
     )
@@ -192,13 +193,13 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
         hi = np.maximum(xs.max(0), ys.max(0))
         sep = 2.0 * float(np.linalg.norm(hi - lo)) + 2.0 * (r or 0.0) + 1.0  # > any distance
         xs = np.concatenate([xs, (bxn * sep)[:, None]], axis=1)
-        ys = xs if self_index else np.concatenate([ys, (byn * sep)[:, None]], axis=1)
+        ys = xs if same else np.concatenate([ys, (byn * sep)[:, None]], axis=1)
 
     kq = k + int(self_index) + 1  # + self, + one more to see a tie at the boundary
     kq = min(kq, nx)
     bound = np.inf if r is None else np.nextafter(r, np.inf) * (1.0 + 1e-9)
     tree = cKDTree(xs, leafsize=16, balanced_tree=False, compact_nodes=False)
-    if self_index:
+    if same:
         # query in the tree's leaf order: neighbouring queries walk the same nodes (about 1.4x
         # faster than the input order), then put the rows back
         order = tree.indices
@@ -216,12 +217,13 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
         drop_self = False
     else:
         drop_self = self_index
-    # Without r, upstream checked that every cloud has k (+ self) points, and any point of
-    # another cloud is farther than all of them: only the extra tie column can be invalid.
-    if r is not None or drop_self:
-        invalid = idx >= nx  # missing (beyond the bound)
-        if drop_self:
-            invalid |= idx == rows[:, None]
+    if r is not None and not drop_self:
+        # the tree puts missing neighbours (beyond the bound, which is below the distance to
+        # any other cloud) at the end of a row: mark them, no reordering needed
+        missing = idx >= nx
+        dist[missing], idx[missing] = np.inf, -1
+    elif drop_self:
+        invalid = (idx >= nx) | (idx == rows[:, None])  # missing, or the point itself
         if batched:
             invalid |= bxn[np.minimum(idx, nx - 1)] != byn[:, None]
         if invalid.any():
@@ -232,6 +234,8 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
             dist[invalid] = np.inf
             idx[invalid] = -1
     elif batched and idx.shape[1] > k:
+        # without r, upstream checked that every cloud has k (+ self) points, and any point of
+        # another cloud is farther than all of them: only the extra tie column can be invalid
         other = bxn[idx[:, k]] != byn  # (m,) the tie column reached into another cloud
         dist[other, k] = np.inf
     if r is not None:
