@@ -26,15 +26,12 @@ From the repository root, with pcattn installed (``pip install -e .``)::
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import sys
-import time
 
 import numpy as np
 import scipy
 import torch
 import torch_geometric
+from bench_common import cpu_name, log, median_ms, paired_ms, print_table
 from scipy.spatial import cKDTree
 
 from pcattn.graphs import fps, knn_graph, radius_graph
@@ -44,39 +41,9 @@ CLOUDS = 16
 RADIUS = {16_384: 0.05, 100_000: 0.03}
 
 
-def median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
-def paired_ms(ours, ref, repeats: int) -> tuple[float, float]:
-    """Medians of ``ours`` and ``ref`` timed alternately, so both see the same machine load."""
-    ours()
-    ref()
-    t_ours, t_ref = [], []
-    for _ in range(repeats):
-        for fn, acc in ((ours, t_ours), (ref, t_ref)):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(t_ours), 1e3 * statistics.median(t_ref)
-
-
 def machine_line(open3d_version: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return (
-        f"{cpu}, torch threads {torch.get_num_threads()}; torch {torch.__version__}, "
+        f"{cpu_name()}, torch threads {torch.get_num_threads()}; torch {torch.__version__}, "
         f"scipy {scipy.__version__}, PyG {torch_geometric.__version__}, "
         f"open3d {open3d_version}"
     )
@@ -91,21 +58,6 @@ def load_open3d():
         return open3d, None
     except Exception as exc:  # a missing system library raises ImportError or OSError
         return None, str(exc).split(":")[0][:50]
-
-
-def fmt(v) -> str:
-    if isinstance(v, str):
-        return v
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
-
-
-def print_table(rows) -> None:
-    print("| operation | size | ours (ms) | reference name | reference (ms) | ratio ours/ref |")
-    print("|---|---|---:|---|---:|---:|")
-    for op, size, ours, ref_name, ref in rows:
-        both = not isinstance(ours, str) and not isinstance(ref, str)
-        ratio = f"{ours / ref:.2f}" if both else "-"
-        print(f"| {op} | {size} | {fmt(ours)} | {ref_name} | {fmt(ref)} | {ratio} |")
 
 
 def dense_knn(pos: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
@@ -126,10 +78,6 @@ def naive_fps(pos: torch.Tensor, m: int) -> torch.Tensor:
         last = int(mind.argmax())
         out.append(last)
     return torch.tensor(out)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def bench_size(n: int, small: bool, repeats: int, o3d, na: str, rows: list, res: dict) -> None:

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import platform
-import statistics
-import sys
-import time
 
 import scipy
 import torch
 import torch_geometric
 import torch_geometric.typing
+from bench_common import cpu_name, log, median_ms, print_table
 from torch_geometric.utils import scatter as pyg_scatter
 from torch_geometric.utils import softmax as pyg_softmax
 
@@ -44,17 +41,6 @@ SHAPES = [(), (4,), (4, 16)]
 REDUCES = ["sum", "mean", "max"]
 
 
-def median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -63,12 +49,7 @@ def version(dist: str) -> str:
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     mode = ops.use_torch_scatter("auto")  # read the switch without changing it
     ops.use_torch_scatter(mode)
     ts = "not installed"
@@ -88,19 +69,6 @@ def machine_line() -> str:
     )
 
 
-def fmt(v) -> str:
-    if isinstance(v, str):
-        return v
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
-
-
-def print_table(rows) -> None:
-    print("| operation | size | ours (ms) | reference name | reference (ms) | ratio ours/ref |")
-    print("|---|---|---:|---|---:|---:|")
-    for op, size, ours, ref_name, ref in rows:
-        print(f"| {op} | {size} | {fmt(ours)} | {ref_name} | {fmt(ref)} | {ours / ref:.2f} |")
-
-
 def fwd_bwd(fn, src: torch.Tensor, w: torch.Tensor):
     """A callable running ``fn`` forward and ``(fn(src) * w).sum()`` backward."""
 
@@ -114,10 +82,6 @@ def fwd_bwd(fn, src: torch.Tensor, w: torch.Tensor):
 
 def shape_name(shape: tuple) -> str:
     return "(E" + "".join(f", {d}" for d in shape) + ")"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def bench_size(n: int, repeats: int, rows: list, diffs: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_positions", "check_batch", "check_positive_int", "batch_sizes"]
+__all__ = ["check_positions", "check_batch", "check_positive_int", "batch_sizes", "first_descent"]
 
 
 def _shape(t: object) -> str:
@@ -50,9 +50,8 @@ def check_batch(batch: object, num_nodes: int, name: str = "batch", of: str = "p
     if batch.numel() > 0:
         if int(batch.min()) < 0:
             raise ValueError(f"{name} must be non-negative, got min {int(batch.min())}")
-        drops = torch.nonzero(batch[1:] < batch[:-1])
-        if drops.numel() > 0:
-            i = int(drops[0, 0])
+        i = first_descent(batch)
+        if i is not None:
             raise ValueError(
                 f"{name} must be sorted ascending (nodes grouped by sample), but "
                 f"{name}[{i}]={int(batch[i])} > {name}[{i + 1}]={int(batch[i + 1])}"
@@ -75,3 +74,11 @@ def batch_sizes(batch: Tensor | None, num_nodes: int, num_graphs: int | None = N
         return torch.tensor([num_nodes], dtype=torch.long)
     b = num_graphs if num_graphs is not None else (int(batch.max()) + 1 if batch.numel() else 0)
     return torch.bincount(batch, minlength=b).cpu()
+
+
+def first_descent(values: Tensor) -> int | None:
+    """The first ``i`` with ``values[i] > values[i + 1]`` (``None`` when sorted ascending)."""
+    if values.numel() < 2:
+        return None
+    drops = torch.nonzero(values[1:] < values[:-1])
+    return int(drops[0, 0]) if drops.numel() > 0 else None

@@ -19,7 +19,13 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import batch_sizes, check_batch, check_positions, check_positive_int
+from .checks import (
+    batch_sizes,
+    check_batch,
+    check_positions,
+    check_positive_int,
+    first_descent,
+)
 from .ops import index_to_ptr
 from .search import knn_search
 
@@ -588,15 +594,13 @@ def to_csr(edge_index: Tensor, num_nodes: int | None = None) -> Tensor:
     """
     _check_edge_index(edge_index, num_nodes)
     dst = edge_index[1]
-    if dst.numel() > 1:
-        drops = torch.nonzero(dst[1:] < dst[:-1])
-        if drops.numel() > 0:
-            e = int(drops[0, 0])
-            raise ValueError(
-                f"edge_index must be sorted by target (edge_index[1]); edge {e} has target "
-                f"{int(dst[e])} and edge {e + 1} has {int(dst[e + 1])}. "
-                "Use pcattn.graphs.sort_by_target first"
-            )
+    e = first_descent(dst)
+    if e is not None:
+        raise ValueError(
+            f"edge_index must be sorted by target (edge_index[1]); edge {e} has target "
+            f"{int(dst[e])} and edge {e + 1} has {int(dst[e + 1])}. "
+            "Use pcattn.graphs.sort_by_target first"
+        )
     return index_to_ptr(dst, _num_nodes(edge_index, num_nodes))
 
 
