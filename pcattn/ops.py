@@ -27,9 +27,9 @@ not used there; :func:`use_torch_scatter` forces it on (``True``) or off (``Fals
 
 Determinism: on CUDA, ``scatter_add`` uses atomics and sums in a non-reproducible order. Inside
 ``with pcattn.ops.deterministic():`` (or when ``torch.use_deterministic_algorithms(True)`` is on)
-COO sums and means are computed, on every device, by a stable sort followed by a CSR segment
-reduction that adds the edges of each node in their original order, the same on every run.
-CSR reductions are always computed that way.
+sums and means are computed, on every device, by CSR segment kernels (after a stable sort when
+only ``index`` is given), which add the edges of each node in their original order, the same
+on every run.
 """
 
 from __future__ import annotations
