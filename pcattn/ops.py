@@ -204,9 +204,14 @@ def _dim_size(index: Tensor, dim_size: int | None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _per_row(values: Tensor, src: Tensor) -> Tensor:
+    """View a per-row vector ``(R,)`` as ``(R, 1, ..., 1)`` to broadcast against ``src``."""
+    return values.view((-1,) + (1,) * (src.dim() - 1))
+
+
 def _broadcast(index: Tensor, src: Tensor) -> Tensor:
     """View ``index (E,)`` as ``(E, 1, ..., 1)`` expanded to ``src``'s shape (no copy)."""
-    return index.view((-1,) + (1,) * (src.dim() - 1)).expand_as(src)
+    return _per_row(index, src).expand_as(src)
 
 
 def _csr(src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
@@ -216,8 +221,7 @@ def _csr(src: Tensor, ptr: Tensor, reduce: str) -> Tensor:
         return src.new_zeros((num_nodes,) + src.shape[1:])
     out = torch.segment_reduce(src, reduce, offsets=ptr, axis=0, unsafe=True)
     if reduce != "sum":
-        empty = (ptr[1:] == ptr[:-1]).view((-1,) + (1,) * (src.dim() - 1))  # (N, 1, ...)
-        out = out.masked_fill(empty, 0.0)
+        out = out.masked_fill(_per_row(ptr[1:] == ptr[:-1], src), 0.0)  # empty rows
     return out
 
 
@@ -230,7 +234,7 @@ def _coo(src: Tensor, index: Tensor, n: int, reduce: str) -> Tensor:
     if reduce == "mean":
         total = out.scatter_add(0, idx, src)
         count = torch.bincount(index, minlength=n).clamp_(min=1)  # (N,)
-        return total / count.view((-1,) + (1,) * (src.dim() - 1)).to(src.dtype)
+        return total / _per_row(count, src).to(src.dtype)
     if not (src.requires_grad and torch.is_grad_enabled()):
         return out.scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
     # for autograd start from NaN, not 0: torch's backward splits the gradient between src and
@@ -238,7 +242,7 @@ def _coo(src: Tensor, index: Tensor, n: int, reduce: str) -> Tensor:
     # extremum of 0
     out = out.fill_(float("nan")).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
     empty = torch.bincount(index, minlength=n) == 0  # (N,)
-    return out.masked_fill(empty.view((-1,) + (1,) * (src.dim() - 1)), 0.0)
+    return out.masked_fill(_per_row(empty, src), 0.0)
 
 
 def _wide(src: Tensor) -> bool:

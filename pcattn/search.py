@@ -267,9 +267,8 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
         sub_d = _exact_sq_dist(x64, y64[fix], sub_i)
         order = np.lexsort((np.where(sub_i < 0, nx, sub_i), sub_d), axis=1)
         idx[fix] = np.take_along_axis(sub_i, order, 1)
-        dist[fix] = np.take_along_axis(sub_d, order, 1)
-        if r is None:
-            dist[fix] = np.sqrt(dist[fix])
+        sub_d = np.take_along_axis(sub_d, order, 1)
+        dist[fix] = sub_d if r is not None else np.sqrt(sub_d)  # kNN rows hold distances
 
     edges = torch.from_numpy(np.ascontiguousarray(idx))
     if r is not None:

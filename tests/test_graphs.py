@@ -70,6 +70,13 @@ def _cloud(seed: int, n: int = 300, d: int = 3, dtype=torch.float64) -> torch.Te
     return torch.rand(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def _lattice(sizes, seed: int) -> torch.Tensor:
+    """Integer grid points (float64) in a random order: ties everywhere."""
+    axes = [torch.arange(n) for n in sizes]
+    g = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).view(-1, len(sizes)).double()
+    return g[torch.randperm(g.size(0), generator=torch.Generator().manual_seed(seed))]
+
+
 def _batch(sizes) -> torch.Tensor:
     return torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
 
@@ -116,15 +123,7 @@ def test_knn_graph_brute_path_chunks_across_samples():
 @pytest.mark.parametrize("method", METHODS)
 def test_knn_graph_breaks_ties_by_index_on_a_grid(method):
     """On an integer lattice almost every row has ties at the boundary."""
-    g = (
-        torch.stack(
-            torch.meshgrid(torch.arange(7), torch.arange(6), torch.arange(5), indexing="ij"), -1
-        )
-        .view(-1, 3)
-        .double()
-    )
-    perm = torch.randperm(g.size(0), generator=torch.Generator().manual_seed(0))
-    pos = g[perm]
+    pos = _lattice((7, 6, 5), seed=0)
     for k in (4, 6, 7):
         ei = graphs.knn_graph(pos, k, method=method)
         assert torch.equal(ei, _rows_to_edges(_ref_knn(pos, pos, k, exclude_self=True)))
@@ -199,14 +198,7 @@ def test_radius_graph_equals_brute_force(method, seed, loop):
 @pytest.mark.parametrize("method", METHODS)
 def test_radius_graph_on_a_lattice_keeps_the_nearest_by_index(method):
     """Many points exactly at distance r and caps that cut through equal distances."""
-    g = (
-        torch.stack(
-            torch.meshgrid(torch.arange(6), torch.arange(5), torch.arange(4), indexing="ij"), -1
-        )
-        .view(-1, 3)
-        .double()
-    )
-    pos = g[torch.randperm(g.size(0), generator=torch.Generator().manual_seed(2))]
+    pos = _lattice((6, 5, 4), seed=2)
     batch = _batch([50, 70])
     for r, cap in ((1.0, 32), (1.5, 7), (2.0, 10)):
         ei = graphs.radius_graph(pos, r, batch, max_num_neighbors=cap, method=method)
