@@ -1,0 +1,329 @@
+r"""The one message-passing layer every operator in pcattn is made of."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checks import check_positions
+from ..ops import scatter
+from .base import Edges, Normalizer, Similarity, ValueTransform, share_channels
+from .normalize import make_normalizer
+from .similarity import (
+    Concatenation,
+    DotProduct,
+    EdgeWeight,
+    GATScore,
+    GATv2Score,
+)
+from .value import IdentityValue, LinearValue
+
+__all__ = ["NodeAttention"]
+
+Pair = Union[Tensor, tuple[Union[Tensor, None], Tensor]]
+
+# similarity name -> the normaliser it is used with unless told otherwise
+_DEFAULT_NORMALIZE = {
+    "adjacency": "sym",
+    "dot_product": "mean",
+    "scaled_dot_product": "softmax",
+    "embedded_gaussian": "softmax",
+    "gaussian": "softmax",
+    "concatenation": "mean",
+    "gat": "softmax",
+    "gatv2": "softmax",
+}
+
+
+class NodeAttention(nn.Module):
+    r"""Attention as message passing with pluggable neighbourhood, similarity, normaliser and
+    value:
+
+    .. math::
+        y_i = \frac{1}{C_i} \sum_{j \in \mathcal N(i)} f(x_i, x_j, p_j - p_i) \odot g(x_j)
+        \;(+\, b)
+
+    :math:`\mathcal N(i)` is the ``edge_index`` given to :meth:`forward` (build it with
+    :mod:`pcattn.graphs`: kNN, radius, pixel window, full, criss-cross, ...); ``f``, ``C`` and
+    ``g`` are the plug-ins of :mod:`pcattn.nn.similarity`, :mod:`pcattn.nn.normalize` and
+    :mod:`pcattn.nn.value`. Heads are contiguous blocks of ``D`` channels; a vector similarity
+    with ``C_f`` score channels shares them over a head's ``D`` value channels contiguously or
+    interleaved (SAN, Point Transformer). Pixels, points and graph nodes all go through here.
+
+    Args:
+        in_channels: input width ``C_in``, or ``(C_src, C_dst)`` for bipartite inputs.
+        out_channels: output width ``C_out`` (``H * D`` with ``concat=True``, else ``D``).
+        similarity: a :class:`~pcattn.nn.base.Similarity`, or one of ``"adjacency"``,
+            ``"dot_product"``, ``"scaled_dot_product"``, ``"embedded_gaussian"``,
+            ``"gaussian"``, ``"concatenation"``, ``"gat"``, ``"gatv2"`` (default:
+            ``"scaled_dot_product"``), built with query/key width ``C_out``.
+        normalize: a :class:`~pcattn.nn.base.Normalizer` or ``"softmax"``, ``"sym"``,
+            ``"mean"``, ``"double"``, ``"none"`` (default: the usual one for a named
+            similarity, else ``"softmax"``).
+        value: a :class:`~pcattn.nn.base.ValueTransform`, ``"linear"`` or ``"identity"``
+            (default: ``"linear"``).
+        heads: number of heads ``H`` (default: ``1``).
+        concat: concatenate the heads (default) or average them.
+        pos_encoding: a module mapping ``rel = p_j - p_i (E, D_p)`` to ``(E, C_p)``, computed
+            once per call and shared by similarity and value (Point Transformer's
+            :math:`\delta`), or ``None``.
+        bias: add a learned bias to the output (default: ``True``).
+        dropout: dropout on the weights :math:`f / C` while training (GAT; default: ``0``).
+
+    Shapes:
+        - **x:** ``(N, C_in)``, or ``(x_src (N_src, C_src) | None, x_dst (N_dst, C_dst))``
+        - **edge_index:** ``(2, E)``, row 0 the source ``j``, row 1 the target ``i``
+        - **pos:** ``(N, D_p)`` or ``(pos_src, pos_dst)``, optional
+        - **output:** ``(N_dst, C_out)``
+    """
+
+    def __init__(
+        self,
+        in_channels: int | tuple[int, int],
+        out_channels: int,
+        *,
+        similarity: str | Similarity = "scaled_dot_product",
+        normalize: str | Normalizer | None = None,
+        value: str | ValueTransform = "linear",
+        heads: int = 1,
+        concat: bool = True,
+        pos_encoding: nn.Module | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        c_src, c_dst = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        if heads < 1:
+            raise ValueError(f"heads must be >= 1, got {heads}")
+        width = out_channels if concat else out_channels * heads  # H * D
+        if width % heads != 0:
+            raise ValueError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.heads, self.concat, self.dropout = heads, concat, dropout
+        d = width // heads
+
+        if isinstance(value, str):
+            if value == "linear":
+                value = LinearValue(c_src, width, heads=heads)
+            elif value == "identity":
+                if c_src != width:
+                    raise ValueError(
+                        f"value='identity' needs in_channels ({c_src}) == heads * D ({width})"
+                    )
+                value = IdentityValue(width, heads=heads)
+            else:
+                raise ValueError(f"value must be 'linear', 'identity' or a ValueTransform, got {value!r}")
+        if isinstance(similarity, str):
+            if normalize is None:
+                normalize = _DEFAULT_NORMALIZE.get(similarity, "softmax")
+            similarity = _make_similarity(similarity, (c_src, c_dst), width, heads)
+        if normalize is None:
+            normalize = "softmax"
+        if similarity.heads not in (1, value.heads):
+            raise ValueError(
+                f"the similarity has {similarity.heads} heads but the value has {value.heads}"
+            )
+        if similarity.logit_channels > 1 and value.channels % similarity.logit_channels:
+            raise ValueError(
+                f"value channels per head ({value.channels}) must be a multiple of the "
+                f"similarity's score channels ({similarity.logit_channels})"
+            )
+        if value.heads != heads or value.channels != d:
+            raise ValueError(
+                f"value gives {value.heads} heads x {value.channels} channels, but heads={heads} "
+                f"and out_channels={out_channels} need {heads} x {d}"
+            )
+        self.similarity = similarity
+        self.normalize = make_normalizer(normalize)
+        self.value = value
+        self.pos_encoding = pos_encoding
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    # ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Pair,
+        edge_index: Tensor,
+        pos: Pair | None = None,
+        *,
+        rel_pos: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        num_src: int | None = None,
+    ) -> Tensor:
+        r"""Aggregate messages into every target node.
+
+        Args:
+            x: node features, or ``(x_src, x_dst)``; ``x_src`` may be ``None`` when the sources
+                are learned slots (give ``num_src``).
+            edge_index: ``(2, E)`` int64, any order (target-sorted is faster).
+            pos: positions, or ``(pos_src, pos_dst)``; used for ``rel = p_j - p_i``.
+            rel_pos: per-edge ``p_j - p_i`` ``(E, D_p)`` given directly (e.g. the offsets of
+                :func:`pcattn.graphs.grid_graph`, including edges from a padding node); wins
+                over ``pos``.
+            edge_weight: ``(E,)`` weights for the ``adjacency`` similarity.
+            num_src: number of source nodes when ``x_src`` is ``None``.
+
+        Returns:
+            ``(N_dst, C_out)``.
+        """
+        return self._propagate(x, edge_index, pos, rel_pos, edge_weight, num_src)[0]
+
+    def attention_weights(
+        self,
+        x: Pair,
+        edge_index: Tensor,
+        pos: Pair | None = None,
+        *,
+        rel_pos: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        num_src: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        r"""The normalised weights :math:`w_{ij} = f_{ij} / C_i` of one call, for inspection.
+
+        Same arguments as :meth:`forward`. Returns ``(edge_index, weights)`` with weights
+        ``(E, H)`` (scalar similarity) or ``(E, H, C_f)`` (vector), aligned with the edges
+        actually used (named operators may add self loops or padding edges first).
+        """
+        _, ei, w = self._propagate(x, edge_index, pos, rel_pos, edge_weight, num_src)
+        return ei, w
+
+    # ----------------------------------------------------------------------------------------
+
+    def _propagate(
+        self,
+        x: Pair,
+        edge_index: Tensor,
+        pos: Pair | None,
+        rel_pos: Tensor | None,
+        edge_weight: Tensor | None,
+        num_src: int | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        x_src, x_dst = x if isinstance(x, tuple) else (x, x)
+        edges = self._edges(x_src, x_dst, edge_index, pos, rel_pos, edge_weight, num_src)
+        if self.pos_encoding is not None:
+            if edges.rel is None:
+                raise ValueError(f"{type(self).__name__} has a pos_encoding and needs pos")
+            edges.pos_emb = self.pos_encoding(edges.rel.to(x_dst.dtype))  # (E, C_p)
+
+        v = None
+        if not self.value.per_edge:
+            edges.value_src = v = self.value.node(x_src)  # (N_src, H, D)
+            if self.similarity.needs_values:
+                same = x_src is x_dst
+                edges.value_dst = v if same else self.value.node(x_dst)  # (N_dst, H, D)
+        logits = self.similarity(x_dst, x_src, edges)  # (E, H) or (E, H, C_f)
+        w = self.normalize(logits, edges)  # same shape
+        wd = F.dropout(w, self.dropout, self.training) if self.dropout > 0 else w
+        msg = v[edges.src] if v is not None else self.value.edge(x_src, edges)  # (E, H, D)
+        msg = share_channels(wd, msg, self.similarity.share)  # (E, H, D)
+        out = scatter(msg, edges.dst, edges.num_dst)  # (N_dst, H, D)
+        out = out.reshape(edges.num_dst, -1) if self.concat else out.mean(1)  # (N_dst, C_out)
+        if self.bias is not None:
+            out = out + self.bias
+        return out, edge_index, w
+
+    def _edges(
+        self,
+        x_src: Tensor | None,
+        x_dst: Tensor,
+        edge_index: Tensor,
+        pos: Pair | None,
+        rel_pos: Tensor | None,
+        edge_weight: Tensor | None,
+        num_src: int | None,
+    ) -> Edges:
+        name = type(self).__name__
+        if not isinstance(x_dst, Tensor) or x_dst.dim() != 2:
+            raise ValueError(f"{name}: x must be a tensor (N, C), got {_shape(x_dst)}")
+        c_src, c_dst = (
+            (self.in_channels, self.in_channels)
+            if isinstance(self.in_channels, int)
+            else self.in_channels
+        )
+        if x_dst.size(1) != c_dst:
+            raise ValueError(f"{name}: x has {x_dst.size(1)} channels, in_channels is {c_dst}")
+        if x_src is None:
+            if num_src is None:
+                raise ValueError(f"{name}: x_src is None, so num_src must be given")
+        else:
+            if not isinstance(x_src, Tensor) or x_src.dim() != 2:
+                raise ValueError(f"{name}: x_src must be a tensor (N_src, C), got {_shape(x_src)}")
+            if x_src.size(1) != c_src:
+                raise ValueError(
+                    f"{name}: x_src has {x_src.size(1)} channels, in_channels is {c_src}"
+                )
+            num_src = x_src.size(0)
+        num_dst = x_dst.size(0)
+        if (
+            not isinstance(edge_index, Tensor)
+            or edge_index.dim() != 2
+            or edge_index.size(0) != 2
+            or edge_index.dtype not in (torch.int64, torch.int32)
+        ):
+            raise ValueError(f"{name}: edge_index must be an int64 tensor (2, E), got {_shape(edge_index)}")
+        edge_index = edge_index.long()
+        src, dst = edge_index[0], edge_index[1]
+        if src.numel():
+            for row, n, what in ((src, num_src, "source"), (dst, num_dst, "target")):
+                lo, hi = int(row.min()), int(row.max())
+                if lo < 0 or hi >= n:
+                    raise ValueError(
+                        f"{name}: edge_index has {what} ids in [{lo}, {hi}] but there are {n} "
+                        f"{what} nodes"
+                    )
+        e = src.numel()
+        rel = None
+        if rel_pos is not None:
+            if not isinstance(rel_pos, Tensor) or rel_pos.dim() != 2 or rel_pos.size(0) != e:
+                raise ValueError(f"{name}: rel_pos must be (E={e}, D), got {_shape(rel_pos)}")
+            rel = rel_pos
+        elif pos is not None:
+            p_src, p_dst = pos if isinstance(pos, tuple) else (pos, pos)
+            for p, n, what in ((p_src, num_src, "pos_src"), (p_dst, num_dst, "pos")):
+                if not isinstance(p, Tensor) or p.dim() != 2 or p.size(0) != n:
+                    raise ValueError(f"{name}: {what} must be ({n}, D), got {_shape(p)}")
+                if p.is_floating_point():
+                    check_positions(p, what)
+            rel = p_src[src] - p_dst[dst]  # (E, D_p)
+        if self.similarity.needs_rel and rel is None:
+            raise ValueError(f"{name}: {type(self.similarity).__name__} needs pos or rel_pos")
+        if edge_weight is not None:
+            if not isinstance(edge_weight, Tensor) or edge_weight.shape != (e,):
+                raise ValueError(f"{name}: edge_weight must be ({e},), got {_shape(edge_weight)}")
+        return Edges(src, dst, num_src, num_dst, rel=rel, weight=edge_weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}"
+        )
+
+
+def _shape(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _make_similarity(name: str, in_channels: tuple[int, int], width: int, heads: int) -> Similarity:
+    c_src, c_dst = in_channels
+    if name == "adjacency":
+        return EdgeWeight()
+    if name in ("dot_product", "embedded_gaussian"):
+        return DotProduct(in_channels, width, heads=heads)
+    if name == "scaled_dot_product":
+        return DotProduct(in_channels, width, heads=heads, scale=True)
+    if name == "gaussian":
+        return DotProduct(in_channels, width, heads=heads, project=False)
+    if name == "concatenation":
+        if c_src != c_dst:
+            raise ValueError("similarity='concatenation' needs one input width")
+        return Concatenation(c_src, width, heads=heads)
+    if name == "gat":
+        return GATScore(width // heads, heads=heads)
+    if name == "gatv2":
+        return GATv2Score(c_dst, width // heads, heads=heads)
+    raise ValueError(
+        f"similarity must be one of {sorted(_DEFAULT_NORMALIZE)} or a Similarity, got {name!r}"
+    )
