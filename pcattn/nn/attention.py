@@ -2,8 +2,6 @@ r"""The one message-passing layer every operator in pcattn is made of."""
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,7 +21,7 @@ from .value import IdentityValue, LinearValue
 
 __all__ = ["NodeAttention"]
 
-Pair = Union[Tensor, tuple[Union[Tensor, None], Tensor]]
+Pair = Tensor | tuple[Tensor | None, Tensor]
 
 # similarity name -> the normaliser it is used with unless told otherwise
 _DEFAULT_NORMALIZE = {
@@ -115,7 +113,9 @@ class NodeAttention(nn.Module):
                     )
                 value = IdentityValue(width, heads=heads)
             else:
-                raise ValueError(f"value must be 'linear', 'identity' or a ValueTransform, got {value!r}")
+                raise ValueError(
+                    f"value must be 'linear', 'identity' or a ValueTransform, got {value!r}"
+                )
         if isinstance(similarity, str):
             if normalize is None:
                 normalize = _DEFAULT_NORMALIZE.get(similarity, "softmax")
@@ -264,7 +264,9 @@ class NodeAttention(nn.Module):
             or edge_index.size(0) != 2
             or edge_index.dtype not in (torch.int64, torch.int32)
         ):
-            raise ValueError(f"{name}: edge_index must be an int64 tensor (2, E), got {_shape(edge_index)}")
+            raise ValueError(
+                f"{name}: edge_index must be an int64 tensor (2, E), got {_shape(edge_index)}"
+            )
         edge_index = edge_index.long()
         src, dst = edge_index[0], edge_index[1]
         if src.numel():
@@ -282,8 +284,18 @@ class NodeAttention(nn.Module):
                 raise ValueError(f"{name}: rel_pos must be (E={e}, D), got {_shape(rel_pos)}")
             rel = rel_pos
         elif pos is not None:
-            p_src, p_dst = pos if isinstance(pos, tuple) else (pos, pos)
-            for p, n, what in ((p_src, num_src, "pos_src"), (p_dst, num_dst, "pos")):
+            if isinstance(pos, tuple):
+                p_src, p_dst = pos
+                checks = ((p_src, num_src, "pos_src"), (p_dst, num_dst, "pos_dst"))
+            else:
+                p_src = p_dst = pos
+                if num_src != num_dst:
+                    raise ValueError(
+                        f"{name}: with {num_src} sources and {num_dst} targets, pos must be a "
+                        "pair (pos_src, pos_dst)"
+                    )
+                checks = ((pos, num_dst, "pos"),)
+            for p, n, what in checks:
                 if not isinstance(p, Tensor) or p.dim() != 2 or p.size(0) != n:
                     raise ValueError(f"{name}: {what} must be ({n}, D), got {_shape(p)}")
                 if p.is_floating_point():
@@ -297,9 +309,7 @@ class NodeAttention(nn.Module):
         return Edges(src, dst, num_src, num_dst, rel=rel, weight=edge_weight)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}"
-        )
+        return f"{self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}"
 
 
 def _shape(t: object) -> str:

@@ -18,8 +18,9 @@ def multiplicity(edge_index: Tensor, num_dst: int, num_src: int, dtype=torch.flo
     r""":math:`M \in \mathbb N^{N_{dst} \times N_{src}}`, :math:`M_{ij}` = number of edges
     ``j -> i`` (``edge_index[0] = j``, ``edge_index[1] = i``)."""
     m = torch.zeros(num_dst, num_src, dtype=dtype)
-    m.index_put_((edge_index[1], edge_index[0]), torch.ones(edge_index.size(1), dtype=dtype),
-                 accumulate=True)
+    m.index_put_(
+        (edge_index[1], edge_index[0]), torch.ones(edge_index.size(1), dtype=dtype), accumulate=True
+    )
     return m
 
 
@@ -35,12 +36,13 @@ def dense_normalize(s: Tensor, m: Tensor, kind: str, eps: float = 1e-9) -> Tenso
       then :math:`A_{ij} = \hat A_{ij} / (\epsilon + \sum_{j'} \hat A_{ij'})`.
     """
     has = m > 0
+    tiny = torch.finfo(s.dtype).tiny
     if kind == "softmax":
         z = s.masked_fill(~has, float("-inf"))
-        top = z.amax(-1, keepdim=True).nan_to_num(neginf=0.0).clamp_min(-1e300)
+        top = z.amax(-1, keepdim=True).nan_to_num(neginf=0.0)
         e = torch.exp(z - top) * m
         den = e.sum(-1, keepdim=True)
-        return torch.where(den > 0, e / den.clamp_min(1e-300), torch.zeros_like(e))
+        return torch.where(den > 0, e / den.clamp_min(tiny), torch.zeros_like(e))
     if kind == "mean":
         return s * m / m.sum(-1, keepdim=True).clamp_min(1.0)
     if kind == "none":
@@ -48,14 +50,14 @@ def dense_normalize(s: Tensor, m: Tensor, kind: str, eps: float = 1e-9) -> Tenso
     if kind == "sym":
         a = s * m
         d = a.sum(-1)  # (..., N)
-        inv = torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
+        inv = torch.where(d > 0, d.clamp_min(tiny).rsqrt(), torch.zeros_like(d))
         return inv.unsqueeze(-1) * a * inv.unsqueeze(-2)
     if kind == "double":
         z = s.masked_fill(~has, float("-inf"))
         top = z.amax(-2, keepdim=True).nan_to_num(neginf=0.0)
         e = torch.exp(z - top) * m
         den = e.sum(-2, keepdim=True)
-        a = torch.where(den > 0, e / den.clamp_min(1e-300), torch.zeros_like(e))
+        a = torch.where(den > 0, e / den.clamp_min(tiny), torch.zeros_like(e))
         return a / (eps + a.sum(-1, keepdim=True))
     raise ValueError(f"unknown normaliser {kind!r}")
 

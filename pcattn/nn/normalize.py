@@ -11,7 +11,14 @@ from torch import Tensor
 from ..ops import scatter, segment_softmax
 from .base import Edges, Normalizer
 
-__all__ = ["Softmax", "SymmetricDegree", "Mean", "DoubleNormalize", "NoNormalize", "make_normalizer"]
+__all__ = [
+    "Softmax",
+    "SymmetricDegree",
+    "Mean",
+    "DoubleNormalize",
+    "NoNormalize",
+    "make_normalizer",
+]
 
 
 def _per_edge(t: Tensor, like: Tensor) -> Tensor:
@@ -102,5 +109,7 @@ def make_normalizer(name: str | Normalizer) -> Normalizer:
     if isinstance(name, Normalizer):
         return name
     if name not in _NORMALIZERS:
-        raise ValueError(f"normalize must be one of {sorted(_NORMALIZERS)} or a Normalizer, got {name!r}")
+        raise ValueError(
+            f"normalize must be one of {sorted(_NORMALIZERS)} or a Normalizer, got {name!r}"
+        )
     return _NORMALIZERS[name]()

@@ -19,7 +19,7 @@ __all__ = ["LinearValue", "IdentityValue", "OffsetValue", "AdditivePositionalVal
 
 
 class LinearValue(ValueTransform):
-    r""":math:`g(x_j) = W x_j (+ b)`, split into ``heads`` contiguous heads of ``channels // heads``."""
+    r""":math:`g(x_j) = W x_j (+ b)`, in ``heads`` contiguous heads of ``channels // heads``."""
 
     def __init__(self, in_channels: int, channels: int, *, heads: int = 1, bias: bool = False):
         super().__init__()
@@ -93,7 +93,8 @@ class OffsetValue(ValueTransform):
         if edges.rel is None:
             raise ValueError("a position-dependent value needs pos or rel_pos (the edge offsets)")
         k = self.weight.size(2) * self.weight.size(3)
-        w = self.weight.flatten(2).permute(1, 2, 0).reshape(self.weight.size(1), -1)  # (Cin, K*Cout)
+        w = self.weight.flatten(2).permute(1, 2, 0)  # (C_in, K, C_out)
+        w = w.reshape(self.weight.size(1), -1)  # (C_in, K * C_out)
         y = (x_src @ w).view(x_src.size(0), k, -1)  # (N_src, K, C_out)
         return y[edges.src, self.slot(edges.rel)].unsqueeze(1)  # (E, 1, C_out)
 
