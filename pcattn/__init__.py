@@ -4,7 +4,7 @@
     y_i = \\frac{1}{C_i} \\sum_{j \\in \\mathcal N(i)} f(x_i, x_j, p_i - p_j)\\, g(x_j)
 """
 
-from . import graphs, ops
+from . import graphs, nn, ops
 
 __version__ = "0.1.0"
-__all__ = ["graphs", "ops", "__version__"]
+__all__ = ["graphs", "nn", "ops", "__version__"]

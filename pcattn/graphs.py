@@ -39,8 +39,10 @@ __all__ = [
     "image_to_nodes",
     "nodes_to_image",
     "full_graph",
+    "slot_graph",
     "add_self_loops",
     "remove_self_loops",
+    "replace_self_loops",
     "sort_by_target",
     "to_csr",
 ]
@@ -453,7 +455,7 @@ def criss_cross_graph(
     col = (cand_y * width + xx).expand(-1, height)  # (HW, H) same column
     row = (yy * width + cand_x).expand(-1, width)  # (HW, W) same row
     not_self = cand_y != yy  # (HW, H): drop the centre from the column part
-    col = col[not_self].view(-1, height - 1)  # (HW, H - 1)
+    col = col[not_self].reshape(height * width, height - 1)  # (HW, H - 1)
     src = torch.sort(torch.cat([col, row], 1), dim=1).values  # (HW, H + W - 1)
     hw = height * width
     src = src.view(1, hw, -1) + (torch.arange(batch_size, device=device) * hw).view(-1, 1, 1)
@@ -499,40 +501,73 @@ def nodes_to_image(x: Tensor, batch_size: int, height: int, width: int) -> Tenso
 # --------------------------------------------------------------------------------------------
 
 
-def full_graph(batch: Tensor | int, *, loop: bool = True) -> Tensor:
+def _batch_arg(batch: Tensor | int) -> Tensor:
+    """A sorted ``batch`` vector, or an int node count meaning one sample."""
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        if batch < 0:
+            raise ValueError(f"batch as a node count must be >= 0, got {batch}")
+        return torch.zeros(batch, dtype=torch.long)
+    if isinstance(batch, Tensor):
+        return check_batch(batch, batch.numel() if batch.dim() == 1 else -1, "batch", "batch")
+    raise ValueError(f"batch must be a tensor (N,) or an int, got {type(batch).__name__}")
+
+
+def full_graph(
+    batch: Tensor | int, *, loop: bool = True, batch_dst: Tensor | int | None = None
+) -> Tensor:
     r"""All pairs within each sample: :math:`\mathcal N(i) = \{j : b_j = b_i\}` (global
     attention, non-local blocks).
 
     Args:
-        batch: sample of each node ``(N,)``, sorted; or an int ``N`` for one sample.
-        loop: include ``i`` in :math:`\mathcal N(i)` (default: ``True``).
+        batch: sample of each (source) node ``(N,)``, sorted; or an int ``N`` for one sample.
+        loop: include ``i`` in :math:`\mathcal N(i)` (default: ``True``; one node set only).
+        batch_dst: for a bipartite graph, the sample of each target node; every source of
+            sample ``b`` then sends to every target of sample ``b`` (pooled keys, a padded
+            grid, sampled centres). Default: the targets are the sources.
 
     Returns:
-        ``edge_index (2, sum_b n_b^2)`` (``n_b (n_b - 1)`` without loops), sorted by target,
+        ``edge_index (2, sum_b n_b m_b)`` (``n_b (n_b - 1)`` without loops), sorted by target,
         sources ascending.
     """
-    if isinstance(batch, int) and not isinstance(batch, bool):
-        if batch < 0:
-            raise ValueError(f"batch as a node count must be >= 0, got {batch}")
-        batch = torch.zeros(batch, dtype=torch.long)
-    elif isinstance(batch, Tensor):
-        batch = check_batch(batch, batch.numel() if batch.dim() == 1 else -1, "batch", "batch")
-    else:
-        raise ValueError(f"batch must be a tensor (N,) or an int, got {type(batch).__name__}")
+    batch = _batch_arg(batch)
+    target = batch if batch_dst is None else _batch_arg(batch_dst)
+    if batch_dst is not None and not loop:
+        raise ValueError("loop=False needs one node set; it has no meaning with batch_dst")
     device = batch.device
-    n = batch.numel()
-    if n == 0:
+    if batch.numel() == 0 or target.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=device)
-    counts = torch.bincount(batch)  # (B,)
-    start = torch.cumsum(counts, 0) - counts  # (B,) first node of each sample
-    deg = counts[batch]  # (N,) each target sees its whole sample
-    dst = torch.arange(n, device=device).repeat_interleave(deg)  # (E,)
-    first = torch.cumsum(deg, 0) - deg  # (N,) first edge of each target
-    src = start[batch][dst] + torch.arange(dst.numel(), device=device) - first[dst]  # (E,)
+    b = max(int(batch.max()), int(target.max())) + 1
+    counts = torch.bincount(batch, minlength=b)  # (B,) sources per sample
+    start = torch.cumsum(counts, 0) - counts  # (B,) first source of each sample
+    deg = counts[target]  # (N_dst,) each target sees its whole sample
+    dst = torch.arange(target.numel(), device=device).repeat_interleave(deg)  # (E,)
+    first = torch.cumsum(deg, 0) - deg  # (N_dst,) first edge of each target
+    src = start[target][dst] + torch.arange(dst.numel(), device=device) - first[dst]  # (E,)
     edge_index = torch.stack([src, dst])
     if not loop:
         edge_index = edge_index[:, src != dst]
     return edge_index
+
+
+def slot_graph(batch: Tensor | int, num_slots: int) -> Tensor:
+    r"""Bipartite edges from per-sample slots to nodes: node ``i`` of sample ``b`` receives
+    from the ``num_slots`` slot nodes ``b * S, ..., b * S + S - 1`` (memory slots, virtual
+    nodes, EM bases, pooled keys: one copy per sample, so a normaliser never mixes samples).
+
+    Args:
+        batch: sample of each node ``(N,)``, sorted; or an int ``N`` for one sample.
+        num_slots: slots per sample ``S``.
+
+    Returns:
+        ``edge_index (2, N * S)``: row 0 the slot (``0 .. B * S - 1``), row 1 the node, sorted
+        by node, slots ascending. ``edge_index.flip(0)`` is the reverse direction (nodes ->
+        slots), sorted by :func:`sort_by_target` when needed.
+    """
+    num_slots = check_positive_int(num_slots, "num_slots")
+    batch = _batch_arg(batch)
+    b = int(batch.max()) + 1 if batch.numel() else 0
+    slots = torch.arange(b, device=batch.device).repeat_interleave(num_slots)  # (B * S,)
+    return full_graph(slots, batch_dst=batch)
 
 
 def sort_by_target(
@@ -583,6 +618,64 @@ def add_self_loops(
         attr = torch.cat([edge_attr, fill], 0)
     perm = torch.argsort(ei[1], stable=True)
     return ei[:, perm], (None if attr is None else attr[perm])
+
+
+def replace_self_loops(
+    edge_index: Tensor,
+    edge_weight: Tensor | None = None,
+    *,
+    num_nodes: int | None = None,
+    fill_value: float = 1.0,
+    keep_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    r"""Drop the self loops of a graph and add exactly one edge :math:`i \to i` per node
+    (GAT; GCN with ``keep_weights``), in :math:`O(E)`.
+
+    With ``keep_weights`` (GCN, PyG's ``add_remaining_self_loops``) a node that had a self loop
+    keeps that loop's weight (one of them when it had several); every other new loop gets
+    ``fill_value``. When the edges are sorted by target, the loop is put after the other edges
+    of its target and the result stays sorted (no sort needed: each edge moves by its target's
+    id); otherwise the loops are appended.
+    """
+    _check_edge_index(edge_index, num_nodes)
+    num_nodes = _num_nodes(edge_index, num_nodes)
+    if edge_weight is not None and edge_weight.shape != (edge_index.size(1),):
+        raise ValueError(
+            f"edge_weight must have shape ({edge_index.size(1)},), got {tuple(edge_weight.shape)}"
+        )
+    edge_index = edge_index.long()
+    src, dst = edge_index[0], edge_index[1]
+    loop_w = None
+    is_loop = src == dst  # (E,)
+    has_loops = bool(is_loop.any())
+    if edge_weight is not None:
+        loop_w = edge_weight.new_full((num_nodes,), fill_value)  # (N,)
+        if keep_weights and has_loops:
+            loop_w[src[is_loop]] = edge_weight[is_loop]
+    if has_loops:
+        keep = ~is_loop
+        edge_index = edge_index[:, keep]  # (2, E')
+        src, dst = edge_index[0], edge_index[1]
+        edge_weight = None if edge_weight is None else edge_weight[keep]
+    e = dst.numel()
+    loops = torch.arange(num_nodes, device=dst.device)
+    if e > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+        out = torch.cat([edge_index, torch.stack([loops, loops])], 1)  # (2, E' + N)
+        w = None if edge_weight is None else torch.cat([edge_weight, loop_w])
+        return out, w
+    # sorted by target: edge k moves to k + dst[k]; node i's loop goes to end(i) + i
+    end = torch.cumsum(torch.bincount(dst, minlength=num_nodes), 0)  # (N,)
+    old_at = torch.arange(e, device=dst.device) + dst  # (E',)
+    loop_at = end + loops  # (N,)
+    out = edge_index.new_empty(2, e + num_nodes)
+    out[:, old_at] = edge_index
+    out[:, loop_at] = loops
+    w = None
+    if edge_weight is not None:
+        w = edge_weight.new_empty(e + num_nodes)
+        w[old_at] = edge_weight
+        w[loop_at] = loop_w
+    return out, w
 
 
 def to_csr(edge_index: Tensor, num_nodes: int | None = None) -> Tensor:

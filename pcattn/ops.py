@@ -353,7 +353,7 @@ def _expand(per_node: Tensor, index: Tensor | None, ptr: Tensor | None, e: int) 
     if index is None:
         counts = ptr[1:] - ptr[:-1]  # (N,)
         return per_node.repeat_interleave(counts, dim=0, output_size=e)
-    return per_node[index]
+    return per_node.index_select(0, index)
 
 
 def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) -> Tensor:

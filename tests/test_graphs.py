@@ -340,8 +340,8 @@ def test_grid_graph_structure():
     assert ei_z.size(1) == 2 * 20 * 9 and int(ei_z.max()) == 40
 
 
-def test_criss_cross_graph_is_row_and_column_with_centre_once():
-    h, w = 3, 4
+@pytest.mark.parametrize("h,w", [(3, 4), (1, 4), (4, 1), (1, 1)])
+def test_criss_cross_graph_is_row_and_column_with_centre_once(h, w):
     ei = graphs.criss_cross_graph(h, w, batch_size=2)
     assert ei.size(1) == 2 * h * w * (h + w - 1)
     for t in range(2 * h * w):
@@ -376,6 +376,59 @@ def test_full_graph_is_all_pairs_within_samples(loop):
     ]
     assert [tuple(e) for e in ei.t().tolist()] == expect
     assert graphs.full_graph(4).size(1) == 16
+
+
+def test_full_graph_bipartite():
+    src_batch, dst_batch = _batch([2, 3]), _batch([1, 2])
+    ei = graphs.full_graph(src_batch, batch_dst=dst_batch)
+    expect = [(s, t) for t in range(3) for s in range(5) if src_batch[s] == dst_batch[t]]
+    assert [tuple(e) for e in ei.t().tolist()] == expect
+    with pytest.raises(ValueError, match="loop=False needs one node set"):
+        graphs.full_graph(src_batch, batch_dst=dst_batch, loop=False)
+
+
+def test_slot_graph_connects_each_node_to_its_samples_slots():
+    batch = _batch([3, 1, 2])
+    ei = graphs.slot_graph(batch, 2)
+    expect = [(2 * int(batch[t]) + k, t) for t in range(6) for k in range(2)]
+    assert [tuple(e) for e in ei.t().tolist()] == expect
+    assert graphs.slot_graph(3, 4).tolist() == [[0, 1, 2, 3] * 3, [0] * 4 + [1] * 4 + [2] * 4]
+    with pytest.raises(ValueError, match="num_slots must be >= 1, got 0"):
+        graphs.slot_graph(batch, 0)
+    with pytest.raises(ValueError, match=r"batch must be sorted ascending"):
+        graphs.slot_graph(torch.tensor([1, 0]), 2)
+
+
+def test_replace_self_loops_keeps_sorted_edges_sorted():
+    ei = torch.tensor([[1, 2, 0, 2, 0], [0, 0, 1, 2, 3]])  # sorted by target; 2 -> 2 a loop
+    w = torch.tensor([0.5, 0.25, 2.0, 7.0, 3.0], dtype=torch.float64)
+    out, ow = graphs.replace_self_loops(ei, w, num_nodes=5, fill_value=9.0, keep_weights=True)
+    want = torch.tensor([[1, 2, 0, 0, 1, 2, 0, 3, 4], [0, 0, 0, 1, 1, 2, 3, 3, 4]])
+    assert torch.equal(out, want)
+    assert torch.equal(
+        ow, torch.tensor([0.5, 0.25, 9.0, 2.0, 9.0, 7.0, 3.0, 9.0, 9.0], dtype=torch.float64)
+    )
+    out, ow = graphs.replace_self_loops(ei, w, num_nodes=5, fill_value=9.0)  # GAT: loops all new
+    assert torch.equal(out, want)
+    assert float(ow[5]) == 9.0
+
+
+def test_replace_self_loops_on_unsorted_edges_appends():
+    ei = torch.tensor([[1, 0, 3], [2, 1, 0]])
+    out, ow = graphs.replace_self_loops(ei, num_nodes=4)
+    assert ow is None
+    assert torch.equal(out, torch.tensor([[1, 0, 3, 0, 1, 2, 3], [2, 1, 0, 0, 1, 2, 3]]))
+
+
+def test_replace_self_loops_equals_remove_then_add():
+    gen = torch.Generator().manual_seed(0)
+    ei = graphs.sort_by_target(torch.randint(0, 9, (2, 40), generator=gen))[0]
+    w = torch.rand(40, generator=gen)
+    ref_ei, ref_w = graphs.add_self_loops(*graphs.remove_self_loops(ei, w), num_nodes=11)
+    out, ow = graphs.replace_self_loops(ei, w, num_nodes=11)
+    assert torch.equal(out, ref_ei) and torch.equal(ow, ref_w)
+    with pytest.raises(ValueError, match=r"edge_weight must have shape \(40,\), got \(3,\)"):
+        graphs.replace_self_loops(ei, torch.ones(3))
 
 
 def test_self_loops_csr_and_sorting():

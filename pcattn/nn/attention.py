@@ -19,9 +19,9 @@ from .similarity import (
 )
 from .value import IdentityValue, LinearValue
 
-__all__ = ["NodeAttention"]
+__all__ = ["NodeAttention", "Pair"]
 
-Pair = Tensor | tuple[Tensor | None, Tensor]
+Pair = Tensor | tuple[Tensor | None, Tensor]  # node tensor, or (x_src, x_dst) for bipartite
 
 # similarity name -> the normaliser it is used with unless told otherwise
 _DEFAULT_NORMALIZE = {
@@ -170,7 +170,9 @@ class NodeAttention(nn.Module):
         Returns:
             ``(N_dst, C_out)``.
         """
-        return self._propagate(x, edge_index, pos, rel_pos, edge_weight, num_src)[0]
+        return self.propagate(
+            x, edge_index, pos, rel_pos=rel_pos, edge_weight=edge_weight, num_src=num_src
+        )[0]
 
     def attention_weights(
         self,
@@ -188,20 +190,29 @@ class NodeAttention(nn.Module):
         ``(E, H)`` (scalar similarity) or ``(E, H, C_f)`` (vector), aligned with the edges
         actually used (named operators may add self loops or padding edges first).
         """
-        _, ei, w = self._propagate(x, edge_index, pos, rel_pos, edge_weight, num_src)
+        _, ei, w = self.propagate(
+            x, edge_index, pos, rel_pos=rel_pos, edge_weight=edge_weight, num_src=num_src
+        )
         return ei, w
 
     # ----------------------------------------------------------------------------------------
 
-    def _propagate(
+    def propagate(
         self,
         x: Pair,
         edge_index: Tensor,
-        pos: Pair | None,
-        rel_pos: Tensor | None,
-        edge_weight: Tensor | None,
-        num_src: int | None,
+        pos: Pair | None = None,
+        *,
+        rel_pos: Tensor | None = None,
+        edge_weight: Tensor | None = None,
+        num_src: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Output and weights of one pass, for operators that chain passes and also expose
+        their weights (CCNet's recurrence) without running each pass twice.
+
+        Same arguments as :meth:`forward`. Returns ``(out (N_dst, C_out), edge_index,
+        weights)``, the weights as in :meth:`attention_weights` (before dropout).
+        """
         x_src, x_dst = x if isinstance(x, tuple) else (x, x)
         edges = self._edges(x_src, x_dst, edge_index, pos, rel_pos, edge_weight, num_src)
         if self.pos_encoding is not None:
@@ -218,10 +229,12 @@ class NodeAttention(nn.Module):
         logits = self.similarity(x_dst, x_src, edges)  # (E, H) or (E, H, C_f)
         w = self.normalize(logits, edges)  # same shape
         wd = F.dropout(w, self.dropout, self.training) if self.dropout > 0 else w
-        msg = v[edges.src] if v is not None else self.value.edge(x_src, edges)  # (E, H, D)
+        msg = (
+            v.index_select(0, edges.src) if v is not None else self.value.edge(x_src, edges)
+        )  # (E, H, D)
         msg = share_channels(wd, msg, self.similarity.share)  # (E, H, D)
         out = scatter(msg, edges.dst, edges.num_dst)  # (N_dst, H, D)
-        out = out.reshape(edges.num_dst, -1) if self.concat else out.mean(1)  # (N_dst, C_out)
+        out = out.flatten(1) if self.concat else out.mean(1)  # (N_dst, C_out)
         if self.bias is not None:
             out = out + self.bias
         return out, edge_index, w
@@ -300,7 +313,7 @@ class NodeAttention(nn.Module):
                     raise ValueError(f"{name}: {what} must be ({n}, D), got {_shape(p)}")
                 if p.is_floating_point():
                     check_positions(p, what)
-            rel = p_src[src] - p_dst[dst]  # (E, D_p)
+            rel = p_src.index_select(0, src) - p_dst.index_select(0, dst)  # (E, D_p)
         if self.similarity.needs_rel and rel is None:
             raise ValueError(f"{name}: {type(self.similarity).__name__} needs pos or rel_pos")
         if edge_weight is not None:

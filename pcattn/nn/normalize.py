@@ -43,7 +43,7 @@ class SymmetricDegree(Normalizer):
         deg = scatter(logits, edges.dst, edges.num_dst)  # (N, H)
         inv = deg.pow(-0.5)
         inv = inv.masked_fill(inv == float("inf"), 0.0)
-        return inv[edges.src] * logits * inv[edges.dst]  # (E, H)
+        return inv.index_select(0, edges.src) * logits * inv.index_select(0, edges.dst)  # (E, H)
 
 
 class Mean(Normalizer):
@@ -59,7 +59,7 @@ class Mean(Normalizer):
             return logits / self.count
         ones = logits.new_ones(edges.dst.numel())
         n = scatter(ones, edges.dst, edges.num_dst).clamp_min(1.0)  # (N,)
-        return logits / _per_edge(n[edges.dst], logits)
+        return logits / _per_edge(n.index_select(0, edges.dst), logits)
 
     def extra_repr(self) -> str:
         return "count=in-degree" if self.count is None else f"count={self.count}"
@@ -81,7 +81,7 @@ class DoubleNormalize(Normalizer):
     def forward(self, logits: Tensor, edges: Edges) -> Tensor:
         a = segment_softmax(logits, edges.src, edges.num_src)  # over the targets of each source
         den = scatter(a, edges.dst, edges.num_dst) + self.eps  # (N_dst, H)
-        return a / den[edges.dst]
+        return a / den.index_select(0, edges.dst)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

@@ -30,7 +30,7 @@ __all__ = [
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
-    return x.view(x.size(0), heads, -1)  # (N, H, d)
+    return x.view(x.size(0), heads, x.size(1) // heads)  # (N, H, d)
 
 
 class EdgeWeight(Similarity):
@@ -108,7 +108,7 @@ class DotProduct(Similarity):
 
     def forward(self, x_dst: Tensor, x_src: Tensor, edges: Edges) -> Tensor:
         q, k = self.project(x_dst, x_src)  # (N_dst, H, d), (N_src, H, d)
-        s = (q[edges.dst] * k[edges.src]).sum(-1)  # (E, H)
+        s = (q.index_select(0, edges.dst) * k.index_select(0, edges.src)).sum(-1)  # (E, H)
         return s * self.tau if self.tau != 1.0 else s
 
     def extra_repr(self) -> str:
@@ -139,7 +139,7 @@ class Concatenation(Similarity):
         k = _heads(self.key(x_src), self.heads)  # (N_src, H, d)
         a = (q * self.weight[:, :d]).sum(-1)  # (N_dst, H)
         b = (k * self.weight[:, d:]).sum(-1)  # (N_src, H)
-        return F.relu(a[edges.dst] + b[edges.src])  # (E, H)
+        return F.relu(a.index_select(0, edges.dst) + b.index_select(0, edges.src))  # (E, H)
 
 
 class GATScore(Similarity):
@@ -163,7 +163,9 @@ class GATScore(Similarity):
     def forward(self, x_dst: Tensor | None, x_src: Tensor | None, edges: Edges) -> Tensor:
         a_src = (edges.value_src * self.att_src).sum(-1)  # (N_src, H)
         a_dst = (edges.value_dst * self.att_dst).sum(-1)  # (N_dst, H)
-        return F.leaky_relu(a_src[edges.src] + a_dst[edges.dst], self.negative_slope)  # (E, H)
+        return F.leaky_relu(
+            a_src.index_select(0, edges.src) + a_dst.index_select(0, edges.dst), self.negative_slope
+        )  # (E, H)
 
 
 class GATv2Score(Similarity):
@@ -194,7 +196,10 @@ class GATv2Score(Similarity):
             xr = edges.value_dst  # (N_dst, H, d)
         else:
             xr = _heads(self.lin_r(x_dst), self.heads)  # (N_dst, H, d)
-        z = F.leaky_relu(xr[edges.dst] + edges.value_src[edges.src], self.negative_slope)
+        z = F.leaky_relu(
+            xr.index_select(0, edges.dst) + edges.value_src.index_select(0, edges.src),
+            self.negative_slope,
+        )
         return (z * self.att).sum(-1)  # (E, H)
 
 
@@ -255,8 +260,8 @@ class VectorRelation(Similarity):
         self.mapping = nn.Linear(width, logit_channels) if mapping is None else mapping
 
     def forward(self, x_dst: Tensor, x_src: Tensor, edges: Edges) -> Tensor:
-        q = self.query(x_dst)[edges.dst]  # (E, C_rel)
-        k = self.key(x_src)[edges.src]  # (E, C_rel)
+        q = self.query(x_dst).index_select(0, edges.dst)  # (E, C_rel)
+        k = self.key(x_src).index_select(0, edges.src)  # (E, C_rel)
         if self.relation == "subtraction":
             r = q - k if self.order == "query_minus_key" else k - q
         elif self.relation == "sum":
@@ -297,7 +302,7 @@ class RelativeQuadratic(Similarity):
         c = torch.zeros(heads, dim) if centers is None else torch.as_tensor(centers).clone()
         if c.shape != (heads, dim):
             raise ValueError(f"centers must have shape ({heads}, {dim}), got {tuple(c.shape)}")
-        self.centers = nn.Parameter(c.to(torch.get_default_dtype()))
+        self.centers = nn.Parameter(c.to(torch.get_default_dtype()))  # .double() etc. cast
 
     def forward(self, x_dst: Tensor | None, x_src: Tensor | None, edges: Edges) -> Tensor:
         d = edges.rel.to(self.alpha.dtype)  # (E, D)
@@ -308,6 +313,10 @@ class RelativeQuadratic(Similarity):
 class MemoryKeys(Similarity):
     r"""External attention: the sources are ``S`` learned memory slots, the logit is
     :math:`s^h_{ik} = x_i^{h\top} M_k[k] (+ b_k)`, the memory shared by the heads.
+
+    Source ``b * S + k`` is slot ``k`` (one copy of the slots per sample, as
+    :func:`pcattn.graphs.slot_graph` numbers them), so a normaliser over the queries of a slot
+    never mixes samples.
 
     Args:
         channels: width of a query head ``d`` (the input is split into ``H`` heads of ``d``).
@@ -323,4 +332,4 @@ class MemoryKeys(Similarity):
 
     def forward(self, x_dst: Tensor, x_src: Tensor | None, edges: Edges) -> Tensor:
         a = self.memory(_heads(x_dst, self.heads))  # (N_dst, H, S)
-        return a[edges.dst, :, edges.src]  # (E, H)
+        return a[edges.dst, :, edges.src % self.memory.out_features]  # (E, H)

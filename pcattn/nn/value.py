@@ -116,18 +116,24 @@ class AdditivePositionalValue(ValueTransform):
     def edge(self, x_src: Tensor, edges: Edges) -> Tensor:
         if edges.pos_emb is None:
             raise ValueError("an additive positional value needs the layer's pos_encoding and pos")
-        return (self.lin(x_src)[edges.src] + edges.pos_emb).unsqueeze(1)  # (E, 1, C)
+        return (self.lin(x_src).index_select(0, edges.src) + edges.pos_emb).unsqueeze(
+            1
+        )  # (E, 1, C)
 
 
 class SlotValue(ValueTransform):
     r"""A learned value per memory slot, :math:`g_k = M_v[k]`, shared by the heads (external
-    attention's ``Linear(S, d, bias=False)``: ``memory.weight`` is ``(d, S)``)."""
+    attention's ``Linear(S, d, bias=False)``: ``memory.weight`` is ``(d, S)``). Source
+    ``b * S + k`` is slot ``k`` (per-sample copies, :func:`pcattn.graphs.slot_graph`)."""
+
+    per_edge = True
 
     def __init__(self, slots: int, channels: int, *, heads: int = 1):
         super().__init__()
         self.heads, self.channels = heads, channels
         self.memory = nn.Linear(slots, channels, bias=False)  # M_v, weight (d, S)
 
-    def node(self, x: Tensor | None) -> Tensor:
+    def edge(self, x_src: Tensor | None, edges: Edges) -> Tensor:
         m = self.memory.weight.t()  # (S, d)
-        return m.unsqueeze(1).expand(-1, self.heads, -1)  # (S, H, d)
+        v = m[edges.src % m.size(0)]  # (E, d)
+        return v.unsqueeze(1).expand(-1, self.heads, -1)  # (E, H, d)

@@ -352,6 +352,8 @@ def test_isolated_nodes_and_empty_graph(name):
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
     empty = layer(x, torch.empty(2, 0, dtype=torch.long), pos)
     assert empty.shape == (5, layer.out_channels) and (empty == 0).all()
+    no_nodes = layer(x[:0], torch.empty(2, 0, dtype=torch.long), pos[:0])
+    assert no_nodes.shape == (0, layer.out_channels)
 
 
 def test_attention_weights_are_the_forward_weights():
