@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..graphs import criss_cross_graph
 from .attention import NodeAttention
-from .image import image_nodes, is_image, to_image
+from .image import ImageNodes, check_image, check_nodes, is_image, to_image
 from .similarity import DotProduct
 from .value import LinearValue
 
@@ -126,21 +126,15 @@ class CrissCrossAttention(nn.Module):
             x = self.gamma * self.attention(x, edge_index) + x  # (N, C)
         return x
 
-    def _image(self, x: Tensor, edge_index: Tensor | None):
-        if edge_index is not None:
-            raise ValueError("edge_index must be None for an image input (B, C, H, W)")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
-        return image_nodes(x)
+    def _image(self, x: Tensor, edge_index: Tensor | None) -> ImageNodes:
+        return check_image(x, self.in_channels, type(self).__name__, edge_index=edge_index)
 
     def _check_nodes(self, x: Tensor, edge_index: Tensor | None) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
+        check_nodes(x, self.in_channels, type(self).__name__)
         if edge_index is None:
-            raise ValueError("edge_index is required for node features (N, C)")
+            raise ValueError(
+                f"{type(self).__name__}: edge_index is required for node features (N, C)"
+            )
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, reduction={self.reduction}, recurrence={self.recurrence}"

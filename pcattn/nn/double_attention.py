@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch
 from ..graphs import slot_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import image_nodes, is_image, to_image
+from .image import ImageNodes, check_image, check_nodes, is_image, node_batch, to_image
 from .value import LinearValue
 
 __all__ = ["DoubleAttention", "SlotScore"]
@@ -180,22 +179,11 @@ class DoubleAttention(nn.Module):
         z = self.distribute((g, x), up)  # (N, c_m)
         return x + self.reconstruct(z), down, up, g, virt  # (N, C)
 
-    def _image(self, x: Tensor, batch: Tensor | None):
-        if batch is not None:
-            raise ValueError("batch must be None for an image input (B, C, H, W)")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
-        return image_nodes(x)
+    def _image(self, x: Tensor, batch: Tensor | None) -> ImageNodes:
+        return check_image(x, self.in_channels, type(self).__name__, batch=batch)
 
     def _check_nodes(self, x: Tensor, batch: Tensor | None) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
-        if batch is None:
-            return torch.zeros(x.size(0), dtype=torch.long, device=x.device)
-        return check_batch(batch, x.size(0), "batch", "x")
+        return node_batch(check_nodes(x, self.in_channels, type(self).__name__), batch)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, c_m={self.c_m}, c_n={self.c_n}"

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
+from ..checks import check_batch
 from ..graphs import image_to_nodes, nodes_to_image
 
-__all__ = ["ImageNodes", "image_nodes", "to_image", "is_image"]
+__all__ = [
+    "ImageNodes",
+    "image_nodes",
+    "to_image",
+    "is_image",
+    "check_image",
+    "check_nodes",
+    "node_batch",
+]
 
 
 class ImageNodes(NamedTuple):
@@ -41,3 +51,34 @@ def image_nodes(img: Tensor) -> ImageNodes:
 def to_image(y: Tensor, nodes: ImageNodes) -> Tensor:
     """Node outputs ``(B*H*W, C)`` back to ``(B, C, H, W)`` (contiguous)."""
     return nodes_to_image(y, nodes.batch_size, nodes.height, nodes.width).contiguous()
+
+
+def check_image(x: Tensor, in_channels: int, owner: str, **node_only: object) -> ImageNodes:
+    """Validate an image input ``(B, in_channels, H, W)`` of ``owner`` and return its nodes.
+
+    ``node_only`` are the node-mode arguments of the call (``edge_index=...``, ``batch=...``):
+    with an image they must be ``None``, since the operator builds its graph itself.
+    """
+    for arg, value in node_only.items():
+        if value is not None:
+            raise ValueError(f"{owner}: {arg} must be None for an image input (B, C, H, W)")
+    if x.size(1) != in_channels:
+        raise ValueError(f"{owner}: x has {x.size(1)} channels, in_channels is {in_channels}")
+    return image_nodes(x)
+
+
+def check_nodes(x: object, in_channels: int, owner: str) -> Tensor:
+    """Validate node features ``(N, in_channels)`` given to ``owner``."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{owner}: x must be an image (B, C, H, W) or nodes (N, C), got {got}")
+    if x.size(1) != in_channels:
+        raise ValueError(f"{owner}: x has {x.size(1)} channels, in_channels is {in_channels}")
+    return x
+
+
+def node_batch(x: Tensor, batch: Tensor | None) -> Tensor:
+    """``batch`` checked against ``x (N, C)``, or all zeros (one sample) when ``None``."""
+    if batch is None:
+        return torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+    return check_batch(batch, x.size(0), "batch", "x")

@@ -13,7 +13,7 @@ from ..checks import check_positive_int
 from ..graphs import full_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import image_nodes, is_image, to_image
+from .image import check_image, check_nodes, image_nodes, is_image, to_image
 from .value import LinearValue
 
 __all__ = ["InterlacedSparseAttention", "ProjectedDotProduct"]
@@ -246,10 +246,7 @@ class InterlacedSparseAttention(nn.Module):
         return self.short_range.attention.attention_weights(self.long_range(x, long), short)
 
     def _pad(self, x: Tensor, edge_index) -> tuple[Tensor, tuple[tuple[int, int], tuple[int, int]]]:
-        if edge_index is not None:
-            raise ValueError("edge_index must be None for an image input (B, C, H, W)")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
+        check_image(x, self.in_channels, type(self).__name__, edge_index=edge_index)
         h, w = x.shape[-2:]
         ph, pw = self.block
         pad_h, pad_w = math.ceil(h / ph) * ph - h, math.ceil(w / pw) * pw - w
@@ -258,11 +255,7 @@ class InterlacedSparseAttention(nn.Module):
         return xp, ((top, left), (h, w))
 
     def _check_nodes(self, x: Tensor, edge_index) -> tuple[Tensor, Tensor]:
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
+        check_nodes(x, self.in_channels, type(self).__name__)
         if not isinstance(edge_index, tuple | list) or len(edge_index) != 2:
             raise ValueError(
                 "edge_index must be a pair (long_range, short_range) of (2, E) graphs for node "

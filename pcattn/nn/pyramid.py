@@ -10,7 +10,7 @@ from ..graphs import slot_graph
 from ..ops import scatter
 from .attention import NodeAttention
 from .base import ValueTransform
-from .image import image_nodes, is_image, to_image
+from .image import check_image, check_nodes, is_image, to_image
 from .interlaced import ProjectedDotProduct, _conv_bn_relu, _reset_conv_bn
 
 __all__ = ["PyramidKeyAttention"]
@@ -223,11 +223,9 @@ class PyramidKeyAttention(nn.Module):
         return self.bottleneck(torch.cat([context, x], 1)), q, pooled  # (N, C_out)
 
     def _image(self, x: Tensor, edge_index: Tensor | None, pool_index: Tensor | None):
-        if edge_index is not None or pool_index is not None:
-            raise ValueError("edge_index and pool_index must be None for an image (B, C, H, W)")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
-        nodes = image_nodes(x)
+        nodes = check_image(
+            x, self.in_channels, type(self).__name__, edge_index=edge_index, pool_index=pool_index
+        )
         pool_index, s = _pyramid_pool_graph(
             nodes.height, nodes.width, self.pool_scales, nodes.batch_size, x.device
         )
@@ -241,11 +239,7 @@ class PyramidKeyAttention(nn.Module):
         pool_index: Tensor | None,
         num_pooled: int | None,
     ) -> int:
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, but in_channels is {self.in_channels}")
+        check_nodes(x, self.in_channels, type(self).__name__)
         for name, ei in (("edge_index", edge_index), ("pool_index", pool_index)):
             if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
                 got = tuple(ei.shape) if isinstance(ei, Tensor) else type(ei).__name__

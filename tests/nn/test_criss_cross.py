@@ -157,7 +157,7 @@ def test_errors():
     with pytest.raises(ValueError, match="recurrence must be an int >= 1, got 0"):
         CrissCrossAttention(16, recurrence=0)
     m = CrissCrossAttention(16)
-    with pytest.raises(ValueError, match="x has 8 channels, but in_channels is 16"):
+    with pytest.raises(ValueError, match="x has 8 channels, in_channels is 16"):
         m(torch.randn(1, 8, 3, 3))
     with pytest.raises(ValueError, match="edge_index is required"):
         m(torch.randn(5, 16))

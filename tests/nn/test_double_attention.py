@@ -106,7 +106,7 @@ def test_defaults_and_errors():
     assert (m.c_m, m.c_n) == (4, 4)
     with pytest.raises(ValueError, match="c_n must be a positive int, got 0"):
         DoubleAttention(8, c_n=0)
-    with pytest.raises(ValueError, match="x has 3 channels, but in_channels is 16"):
+    with pytest.raises(ValueError, match="x has 3 channels, in_channels is 16"):
         m(torch.randn(1, 3, 2, 2))
     with pytest.raises(ValueError, match="batch must be sorted ascending"):
         m(torch.randn(3, 16), batch=torch.tensor([1, 0, 0]))

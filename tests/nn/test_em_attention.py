@@ -131,5 +131,5 @@ def test_errors():
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
         EMAttention(6, momentum=1.5)
     m = EMAttention(6, bases=3)
-    with pytest.raises(ValueError, match="x has 2 channels, but in_channels is 6"):
+    with pytest.raises(ValueError, match="x has 2 channels, in_channels is 6"):
         m(torch.randn(1, 2, 3, 3))

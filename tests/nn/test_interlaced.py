@@ -175,7 +175,7 @@ def test_errors():
     with pytest.raises(ValueError, match=r"block must be a positive int or a pair of them"):
         InterlacedSparseAttention(6, block=(0, 2))
     m = InterlacedSparseAttention(6, channels=4)
-    with pytest.raises(ValueError, match="x has 5 channels, but in_channels is 6"):
+    with pytest.raises(ValueError, match="x has 5 channels, in_channels is 6"):
         m(torch.randn(1, 5, 4, 4))
     with pytest.raises(ValueError, match=r"edge_index must be a pair \(long_range, short_range\)"):
         m(torch.randn(4, 6), torch.zeros(2, 3, dtype=torch.long))

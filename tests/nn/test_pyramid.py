@@ -146,7 +146,7 @@ def test_errors():
     with pytest.raises(ValueError, match="pool_scales must be >= 1, got 0"):
         PyramidKeyAttention(6, pool_scales=(1, 0))
     m = PyramidKeyAttention(6, key_channels=4)
-    with pytest.raises(ValueError, match="x has 4 channels, but in_channels is 6"):
+    with pytest.raises(ValueError, match="x has 4 channels, in_channels is 6"):
         m(torch.randn(1, 4, 3, 3))
     with pytest.raises(ValueError, match=r"pool_index must be a tensor \(2, E\)"):
         m(torch.randn(5, 6), torch.zeros(2, 5, dtype=torch.long))
