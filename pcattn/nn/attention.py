@@ -72,7 +72,9 @@ class NodeAttention(nn.Module):
         dropout: dropout on the weights :math:`f / C` while training (GAT; default: ``0``).
 
     Shapes:
-        - **x:** ``(N, C_in)``, or ``(x_src (N_src, C_src) | None, x_dst (N_dst, C_dst))``
+        - **x:** ``(N, C_in)``, or ``(x_src (N_src, C_src) | None, x_dst (N_dst, C_dst))``;
+          ``C_dst`` may be 0 for feature-less queries (learned hops, virtual nodes) whose
+          similarity scores them by index
         - **edge_index:** ``(2, E)``, row 0 the source ``j``, row 1 the target ``i``
         - **pos:** ``(N, D_p)`` or ``(pos_src, pos_dst)``, optional
         - **output:** ``(N_dst, C_out)``
