@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..graphs import grid_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import ImageNodes, image_nodes, is_image, to_image
+from .image import ImageNodes, check_nodes, image_nodes, is_image, to_image
 from .normalize import NoNormalize, Softmax
 from .similarity import VectorRelation
 from .value import LinearValue
@@ -42,14 +42,6 @@ def _check_common(
         raise ValueError(
             f"out_channels ({out_channels}) must be divisible by share_planes ({share_planes})"
         )
-
-
-def _check_nodes(x: Tensor, in_channels: int, name: str) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name}: x must be (N, C) or an image (B, C, H, W), got {got}")
-    if x.size(1) != in_channels:
-        raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")
 
 
 def _pixel_coordinates(pos: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
@@ -205,7 +197,7 @@ class SANPairwise(nn.Module):
             )
             pos = _pixel_coordinates(nodes.pos, nodes.height, nodes.width, x.dtype)  # (N, 2)
             return nodes.x, edge_index, pos, nodes
-        _check_nodes(x, self.in_channels, name)
+        check_nodes(x, self.in_channels, name)
         if edge_index is None:
             raise ValueError(f"{name}: edge_index is required for node features (N, C)")
         if pos is None:
@@ -402,7 +394,7 @@ class SANPatchwise(nn.Module):
                 device=x.device,
             )
             return nodes.x, edge_index, nodes
-        _check_nodes(x, self.in_channels, name)
+        check_nodes(x, self.in_channels, name)
         if edge_index is None:
             raise ValueError(f"{name}: edge_index is required for node features (N, C)")
         return x, edge_index, None

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_batch, check_positive_int
-from ..graphs import sort_by_target
+from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
 from .base import Edges, Similarity
@@ -226,10 +226,8 @@ class StructuredSelfAttention(nn.Module):
             batch = torch.zeros(n, dtype=torch.long, device=x.device)
         batch = check_batch(batch, n, "batch", "x")
         b = int(batch.max()) + 1 if n else 1
-        r = self.hops
-        src = torch.arange(n, device=x.device).repeat_interleave(r)  # (N * r,)
-        dst = batch[src] * r + torch.arange(r, device=x.device).repeat(n)  # (N * r,)
-        (edge_index,) = sort_by_target(torch.stack([src, dst]), num_nodes=max(n, b * r))
+        hops = torch.arange(b, device=x.device).repeat_interleave(self.hops)  # (B * r,)
+        edge_index = full_graph(batch, batch_dst=hops)  # every token -> every hop of its sample
         return x, batch, edge_index, b
 
     def extra_repr(self) -> str:
