@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from ._primitives import Y_TO_X, Y_TO_Z, Box, Ellipsoid, Frustum, Surface, Torus, axis_rotation
+
 __all__ = ["SYNTHETIC_PARTS", "SYNTHETIC_PART_NAMES", "SyntheticParts", "generate_shape"]
 
 #: category -> part names, in part-id order (categories sorted by name)
@@ -58,156 +60,10 @@ _MIN_PART_FRACTION = 0.02  # every part gets at least this share of the points
 
 
 # --------------------------------------------------------------------------------------------
-# primitive surfaces: each samples (points (n, 3), unit normals (n, 3)) in its own frame
-# --------------------------------------------------------------------------------------------
-
-
-def _rot(axis: int, angle: float) -> np.ndarray:
-    """Right-handed rotation ``(3, 3)`` about coordinate axis ``axis``."""
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
-_Y_TO_X = _rot(2, -math.pi / 2)  # maps the y axis onto x (for shapes built along y)
-_Y_TO_Z = _rot(0, math.pi / 2)  # maps the y axis onto z
-
-
-class _Surface:
-    """A primitive surface placed by a rotation ``rot`` then a translation ``at``."""
-
-    area: float
-
-    def __init__(self, at=(0.0, 0.0, 0.0), rot: np.ndarray | None = None) -> None:
-        self.at = np.asarray(at, dtype=np.float64)
-        self.rot = np.eye(3) if rot is None else rot
-
-    def local(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        p, nrm = self.local(rng, n)
-        return p @ self.rot.T + self.at, nrm @ self.rot.T
-
-
-class _Box(_Surface):
-    """The surface of an axis-aligned box of size ``(sx, sy, sz)`` centred at the origin."""
-
-    def __init__(self, size, at=(0.0, 0.0, 0.0), rot=None) -> None:
-        super().__init__(at, rot)
-        self.size = np.asarray(size, dtype=np.float64)
-        sx, sy, sz = self.size
-        self.face_area = np.array([sy * sz, sx * sz, sx * sy])  # face normal to x, y, z
-        self.area = 2 * float(self.face_area.sum())
-
-    def local(self, rng, n):
-        axis = rng.choice(3, size=n, p=self.face_area / self.face_area.sum())  # (n,)
-        sign = rng.choice([-1.0, 1.0], size=n)
-        p = (rng.random((n, 3)) - 0.5) * self.size  # (n, 3)
-        rows = np.arange(n)
-        p[rows, axis] = sign * self.size[axis] / 2
-        nrm = np.zeros((n, 3))
-        nrm[rows, axis] = sign
-        return p, nrm
-
-
-class _Frustum(_Surface):
-    """A cone frustum along y from radius ``r0`` at ``y = -h/2`` to ``r1`` at ``y = h/2``
-    (``r0 == r1``: a cylinder), with optional bottom / top caps."""
-
-    def __init__(self, r0, r1, h, caps=(True, True), at=(0.0, 0.0, 0.0), rot=None) -> None:
-        super().__init__(at, rot)
-        self.r0, self.r1, self.h = float(r0), float(r1), float(h)
-        self.parts = np.array(
-            [
-                math.pi * (r0 + r1) * math.hypot(h, r1 - r0),  # lateral surface
-                math.pi * r0 * r0 if caps[0] else 0.0,
-                math.pi * r1 * r1 if caps[1] else 0.0,
-            ]
-        )
-        self.area = float(self.parts.sum())
-
-    def local(self, rng, n):
-        r0, r1, h = self.r0, self.r1, self.h
-        which = rng.choice(3, size=n, p=self.parts / self.area)
-        theta = rng.random(n) * 2 * math.pi
-        u = rng.random(n)
-        # lateral: height fraction t with density proportional to the radius r(t)
-        if abs(r1 - r0) < 1e-12:
-            t = u
-        else:
-            t = (np.sqrt(r0 * r0 + u * (r1 * r1 - r0 * r0)) - r0) / (r1 - r0)
-        rad = r0 + (r1 - r0) * t
-        y = -h / 2 + h * t
-        nrm = np.stack([h * np.cos(theta), np.full(n, r0 - r1), h * np.sin(theta)], 1)
-        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-        # caps: radius sqrt-distributed for uniform area
-        cap = which > 0
-        cap_r = np.where(which == 1, r0, r1) * np.sqrt(rng.random(n))
-        rad = np.where(cap, cap_r, rad)
-        y = np.where(which == 1, -h / 2, np.where(which == 2, h / 2, y))
-        cap_n = np.zeros((n, 3))
-        cap_n[:, 1] = np.where(which == 1, -1.0, 1.0)
-        nrm = np.where(cap[:, None], cap_n, nrm)
-        p = np.stack([rad * np.cos(theta), y, rad * np.sin(theta)], 1)
-        return p, nrm
-
-
-class _Ellipsoid(_Surface):
-    """An ellipsoid with semi-axes ``(a, b, c)`` along x, y, z, centred at the origin."""
-
-    def __init__(self, radii, at=(0.0, 0.0, 0.0), rot=None) -> None:
-        super().__init__(at, rot)
-        self.radii = np.asarray(radii, dtype=np.float64)
-        a, b, c = self.radii
-        p = 1.6075  # Knud Thomsen's approximation of the surface area
-        self.area = 4 * math.pi * (((a * b) ** p + (a * c) ** p + (b * c) ** p) / 3) ** (1 / p)
-
-    def local(self, rng, n):
-        a, b, c = self.radii
-        out = np.empty((0, 3))
-        scale = np.array([b * c, a * c, a * b])
-        while len(out) < n:  # rejection: the area element is |(bc u_x, ac u_y, ab u_z)|
-            u = rng.normal(size=(2 * n + 8, 3))
-            u /= np.linalg.norm(u, axis=1, keepdims=True)
-            w = np.linalg.norm(u * scale, axis=1) / scale.max()
-            out = np.concatenate([out, u[rng.random(len(u)) < w]])
-        u = out[:n]
-        p = u * self.radii
-        nrm = u / self.radii
-        return p, nrm / np.linalg.norm(nrm, axis=1, keepdims=True)
-
-
-class _Torus(_Surface):
-    """Part of a torus around the z axis: ring radius ``big``, tube radius ``small``, ring
-    angles ``[a0, a1]`` (radians, from +x towards +y)."""
-
-    def __init__(self, big, small, a0, a1, at=(0.0, 0.0, 0.0), rot=None) -> None:
-        super().__init__(at, rot)
-        self.big, self.small, self.a0, self.a1 = float(big), float(small), float(a0), float(a1)
-        self.area = (a1 - a0) * 2 * math.pi * big * small
-
-    def local(self, rng, n):
-        big, small = self.big, self.small
-        phis = np.empty(0)
-        while len(phis) < n:  # rejection: the area element is proportional to big + small cos
-            phi = rng.random(2 * n + 8) * 2 * math.pi
-            keep = rng.random(len(phi)) * (big + small) < big + small * np.cos(phi)
-            phis = np.concatenate([phis, phi[keep]])
-        phi = phis[:n]
-        theta = self.a0 + (self.a1 - self.a0) * rng.random(n)
-        nrm = np.stack([np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi)], 1)
-        p = nrm * small + np.stack([big * np.cos(theta), big * np.sin(theta), np.zeros(n)], 1)
-        return p, nrm
-
-
-# --------------------------------------------------------------------------------------------
 # categories: each returns, per part (in part order), the list of surfaces that make it
 # --------------------------------------------------------------------------------------------
 
-_Parts = list[list[_Surface]]
+_Parts = list[list[Surface]]
 
 
 def _airplane(rng: np.random.Generator) -> _Parts:
@@ -219,11 +75,11 @@ def _airplane(rng: np.random.Generator) -> _Parts:
     wing_y = rng.uniform(-0.6, 0.6) * rf
     sweep = math.radians(rng.uniform(0, 35))
     thick = rng.uniform(0.02, 0.05)
-    fuselage = [_Ellipsoid((length / 2, rf, rf))]
+    fuselage = [Ellipsoid((length / 2, rf, rf))]
     wings = []
     for side in (-1, 1):
         # a half wing runs along z; sweep turns its tip backwards (-x)
-        w = _Box((chord, thick, span / 2), rot=_rot(1, side * sweep))
+        w = Box((chord, thick, span / 2), rot=axis_rotation(1, side * sweep))
         w.at = np.array([wing_x, wing_y, 0.0]) + w.rot @ np.array([0, 0, side * span / 4])
         wings.append(w)
     fin_h = rng.uniform(0.15, 0.45)
@@ -231,8 +87,8 @@ def _airplane(rng: np.random.Generator) -> _Parts:
     tail_x = -length / 2 + fin_c / 2 + 0.02
     stab_span = rng.uniform(0.3, 0.8)
     tail = [
-        _Box((fin_c, fin_h, thick * 0.6), at=(tail_x, rf * 0.5 + fin_h / 2, 0)),
-        _Box((fin_c * 0.8, thick * 0.6, stab_span), at=(tail_x, rf * 0.3, 0)),
+        Box((fin_c, fin_h, thick * 0.6), at=(tail_x, rf * 0.5 + fin_h / 2, 0)),
+        Box((fin_c * 0.8, thick * 0.6, stab_span), at=(tail_x, rf * 0.3, 0)),
     ]
     n_eng = 2 if rng.random() < 0.6 else 4
     re = rng.uniform(0.04, 0.09)
@@ -243,7 +99,7 @@ def _airplane(rng: np.random.Generator) -> _Parts:
         for side in (-1, 1):
             z = side * frac * span
             x = wing_x - abs(z) * math.tan(sweep) + 0.1 * le
-            engines.append(_Frustum(re, re, le, at=(x, wing_y - thick / 2 - re, z), rot=_Y_TO_X))
+            engines.append(Frustum(re, re, le, at=(x, wing_y - thick / 2 - re, z), rot=Y_TO_X))
     return [fuselage, wings, tail, engines]
 
 
@@ -254,19 +110,19 @@ def _car(rng: np.random.Generator) -> _Parts:
     rw = rng.uniform(0.14, 0.26)  # wheel radius
     ww = rng.uniform(0.08, 0.18)  # wheel width
     body_y = rw + body_h / 2 - rng.uniform(0.0, 0.5) * rw
-    body = [_Box((length, body_h, width), at=(0, body_y, 0))]
+    body = [Box((length, body_h, width), at=(0, body_y, 0))]
     cab_l = rng.uniform(0.35, 0.7) * length
     cab_h = rng.uniform(0.2, 0.45)
     cab_x = rng.uniform(-0.2, 0.1) * length
     cabin = [
-        _Box(
+        Box(
             (cab_l, cab_h, width * rng.uniform(0.75, 0.95)),
             at=(cab_x, body_y + body_h / 2 + cab_h / 2, 0),
         )
     ]
     wheel_x = rng.uniform(0.28, 0.4) * length
     wheels = [
-        _Frustum(rw, rw, ww, at=(sx * wheel_x, rw, sz * (width / 2 - ww / 3)), rot=_Y_TO_Z)
+        Frustum(rw, rw, ww, at=(sx * wheel_x, rw, sz * (width / 2 - ww / 3)), rot=Y_TO_Z)
         for sx in (-1, 1)
         for sz in (-1, 1)
     ]
@@ -280,13 +136,13 @@ def _chair(rng: np.random.Generator) -> _Parts:
     h = rng.uniform(0.35, 0.6)  # seat height
     back_h = rng.uniform(0.3, 0.8)
     lean = math.radians(rng.uniform(0, 18))
-    seat = [_Box((d, t, w), at=(0, h, 0))]
-    back = _Box((t, back_h, w), rot=_rot(2, lean))
+    seat = [Box((d, t, w), at=(0, h, 0))]
+    back = Box((t, back_h, w), rot=axis_rotation(2, lean))
     back.at = np.array([-d / 2 + t / 2, h + t / 2, 0]) + back.rot @ np.array([0, back_h / 2, 0])
     lr = rng.uniform(0.015, 0.04)
     inset = rng.uniform(0.0, 0.08)
     legs = [
-        _Frustum(
+        Frustum(
             lr,
             lr,
             h - t / 2,
@@ -306,16 +162,16 @@ def _guitar(rng: np.random.Generator) -> _Parts:
     lower_len = rng.uniform(0.2, 0.32)
     upper_len = lower_len * rng.uniform(0.7, 0.9)
     body = [
-        _Ellipsoid((lower, lower_len, depth), at=(0, lower_len, 0)),
-        _Ellipsoid((upper, upper_len, depth), at=(0, 2 * lower_len + 0.6 * upper_len, 0)),
+        Ellipsoid((lower, lower_len, depth), at=(0, lower_len, 0)),
+        Ellipsoid((upper, upper_len, depth), at=(0, 2 * lower_len + 0.6 * upper_len, 0)),
     ]
     top = 2 * lower_len + 1.4 * upper_len
     neck_l = rng.uniform(0.35, 0.65)
     neck_w = rng.uniform(0.04, 0.07)
-    neck = [_Box((neck_w, neck_l, depth * 0.8), at=(0, top + neck_l / 2 - 0.05, 0))]
+    neck = [Box((neck_w, neck_l, depth * 0.8), at=(0, top + neck_l / 2 - 0.05, 0))]
     head_l = rng.uniform(0.1, 0.2)
     head = [
-        _Box(
+        Box(
             (neck_w * rng.uniform(1.3, 2.0), head_l, depth * 0.6),
             at=(0, top + neck_l - 0.05 + head_l / 2, 0),
         )
@@ -331,10 +187,10 @@ def _lamp(rng: np.random.Generator) -> _Parts:
     shade_h = rng.uniform(0.12, 0.35)
     shade_bottom = rng.uniform(0.12, 0.35)
     shade_top = shade_bottom * rng.uniform(0.3, 0.8)
-    base = [_Frustum(base_r, base_r * rng.uniform(0.7, 1.0), base_h, at=(0, base_h / 2, 0))]
-    pole = [_Frustum(pole_r, pole_r, pole_h, caps=(False, False), at=(0, base_h + pole_h / 2, 0))]
+    base = [Frustum(base_r, base_r * rng.uniform(0.7, 1.0), base_h, at=(0, base_h / 2, 0))]
+    pole = [Frustum(pole_r, pole_r, pole_h, caps=(False, False), at=(0, base_h + pole_h / 2, 0))]
     shade = [
-        _Frustum(
+        Frustum(
             shade_bottom,
             shade_top,
             shade_h,
@@ -349,11 +205,11 @@ def _mug(rng: np.random.Generator) -> _Parts:
     r = rng.uniform(0.2, 0.4)
     h = rng.uniform(0.45, 1.0)
     taper = rng.uniform(0.8, 1.1)
-    body = [_Frustum(r * taper, r, h, caps=(True, False), at=(0, h / 2, 0))]
+    body = [Frustum(r * taper, r, h, caps=(True, False), at=(0, h / 2, 0))]
     big = rng.uniform(0.1, 0.22) * h / 0.7
     small = rng.uniform(0.02, 0.045)
     handle = [
-        _Torus(
+        Torus(
             big,
             small,
             -math.pi / 2,
@@ -368,17 +224,17 @@ def _rocket(rng: np.random.Generator) -> _Parts:
     r = rng.uniform(0.07, 0.16)
     body_h = rng.uniform(0.7, 1.5)
     nose_h = rng.uniform(0.15, 0.45)
-    body = [_Frustum(r, r, body_h, caps=(True, False), at=(0, body_h / 2, 0))]
-    nose = [_Frustum(r, 0.01, nose_h, caps=(False, False), at=(0, body_h + nose_h / 2, 0))]
+    body = [Frustum(r, r, body_h, caps=(True, False), at=(0, body_h / 2, 0))]
+    nose = [Frustum(r, 0.01, nose_h, caps=(False, False), at=(0, body_h + nose_h / 2, 0))]
     n_fins = 3 if rng.random() < 0.5 else 4
     fin_span = rng.uniform(0.1, 0.3)
     fin_h = rng.uniform(0.15, 0.4)
     fins = []
     for k in range(n_fins):
         a = 2 * math.pi * k / n_fins
-        rot = _rot(1, a)
+        rot = axis_rotation(1, a)
         at = rot @ np.array([r + fin_span / 2 - 0.01, fin_h / 2, 0])
-        fins.append(_Box((fin_span, fin_h, 0.02), at=at, rot=rot))
+        fins.append(Box((fin_span, fin_h, 0.02), at=at, rot=rot))
     return [body, nose, fins]
 
 
@@ -388,11 +244,11 @@ def _table(rng: np.random.Generator) -> _Parts:
     t = rng.uniform(0.03, 0.08)
     h = rng.uniform(0.45, 0.85)
     if rng.random() < 0.7:
-        top = [_Box((length, t, width), at=(0, h, 0))]
+        top = [Box((length, t, width), at=(0, h, 0))]
         lr = rng.uniform(0.02, 0.05)
         inset = rng.uniform(0.0, 0.1)
         legs = [
-            _Frustum(
+            Frustum(
                 lr,
                 lr,
                 h - t / 2,
@@ -408,12 +264,12 @@ def _table(rng: np.random.Generator) -> _Parts:
         ]
     else:  # round top on a pedestal with a foot
         rt = (length + width) / 4
-        top = [_Frustum(rt, rt, t, at=(0, h, 0))]
+        top = [Frustum(rt, rt, t, at=(0, h, 0))]
         pr = rng.uniform(0.03, 0.08)
         foot_r = rng.uniform(0.3, 0.6) * rt
         legs = [
-            _Frustum(pr, pr, h - t / 2, caps=(False, False), at=(0, (h - t / 2) / 2, 0)),
-            _Frustum(foot_r, foot_r, 0.03, at=(0, 0.015, 0)),
+            Frustum(pr, pr, h - t / 2, caps=(False, False), at=(0, (h - t / 2) / 2, 0)),
+            Frustum(foot_r, foot_r, 0.03, at=(0, 0.015, 0)),
         ]
     return [top, legs]
 
@@ -446,7 +302,7 @@ def _allocate(areas: np.ndarray, total: int) -> np.ndarray:
 
 def _random_rotation(rng: np.random.Generator, max_tilt: float) -> np.ndarray:
     """Rotation about y by a uniform angle, then a tilt about a random horizontal axis."""
-    spin = _rot(1, rng.uniform(0, 2 * math.pi))
+    spin = axis_rotation(1, rng.uniform(0, 2 * math.pi))
     tilt_axis_angle = rng.uniform(0, 2 * math.pi)
     axis = np.array([math.cos(tilt_axis_angle), 0.0, math.sin(tilt_axis_angle)])
     angle = math.radians(rng.uniform(0, max_tilt))

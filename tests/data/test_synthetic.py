@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch_geometric.loader import DataLoader
 
-from pcattn.data import synthetic
+from pcattn.data import _primitives as primitives
 from pcattn.data.synthetic import (
     SYNTHETIC_PART_NAMES,
     SYNTHETIC_PARTS,
@@ -165,7 +165,7 @@ def _rng(seed=0):
 
 
 def test_box_faces_sampled_by_area_with_outward_normals():
-    box = synthetic._Box((2.0, 1.0, 0.5))
+    box = primitives.Box((2.0, 1.0, 0.5))
     p, n = box.sample(_rng(), 40000)
     np.testing.assert_allclose(np.abs(p).max(0), [1.0, 0.5, 0.25])
     axis = np.abs(n).argmax(1)
@@ -179,7 +179,7 @@ def test_box_faces_sampled_by_area_with_outward_normals():
 
 
 def test_cone_lateral_density_follows_radius():
-    cone = synthetic._Frustum(1.0, 0.0, 2.0, caps=(True, False))
+    cone = primitives.Frustum(1.0, 0.0, 2.0, caps=(True, False))
     p, n = cone.sample(_rng(1), 60000)
     lateral = ~np.isclose(p[:, 1], -1.0)
     side_area, cap_area = math.pi * math.hypot(2.0, 1.0), math.pi
@@ -197,7 +197,7 @@ def test_cone_lateral_density_follows_radius():
 
 def test_spheroid_band_matches_numeric_area():
     a, b = 3.0, 1.0  # semi-axis a along x, b along y and z
-    e = synthetic._Ellipsoid((a, b, b))
+    e = primitives.Ellipsoid((a, b, b))
     p, n = e.sample(_rng(2), 60000)
     np.testing.assert_allclose((p**2 / [a * a, b * b, b * b]).sum(1), 1.0, atol=1e-12)
 
@@ -217,7 +217,7 @@ def test_spheroid_band_matches_numeric_area():
 
 def test_torus_outer_half_share_and_normals():
     big, small = 1.0, 0.4
-    t = synthetic._Torus(big, small, 0.0, 2 * math.pi)
+    t = primitives.Torus(big, small, 0.0, 2 * math.pi)
     p, n = t.sample(_rng(3), 60000)
     ring = p[:, :2] / np.linalg.norm(p[:, :2], axis=1, keepdims=True) * big
     centre = np.c_[ring, np.zeros(len(p))]
