@@ -9,19 +9,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_positions", "check_batch", "check_positive_int", "batch_sizes", "first_descent"]
+__all__ = [
+    "shape_of",
+    "check_positions",
+    "check_batch",
+    "check_positive_int",
+    "check_edge_index_shape",
+    "batch_sizes",
+    "first_descent",
+]
 
 
-def _shape(t: object) -> str:
+def shape_of(t: object) -> str:
+    """The shape of a tensor as ``(N, C)``, or the type name of anything else (for errors)."""
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
 def check_positions(pos: object, name: str = "pos") -> Tensor:
     """``pos`` must be a finite floating-point tensor of shape ``(N, D)``."""
     if not isinstance(pos, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {_shape(pos)}")
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {shape_of(pos)}")
     if pos.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {_shape(pos)}")
+        raise ValueError(f"{name} must have shape (N, D), got {shape_of(pos)}")
     if not pos.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {pos.dtype}")
     finite = torch.isfinite(pos).all(dim=1)  # (N,)
@@ -37,9 +46,9 @@ def check_positions(pos: object, name: str = "pos") -> Tensor:
 def check_batch(batch: object, num_nodes: int, name: str = "batch", of: str = "pos") -> Tensor:
     """``batch`` must be a sorted, non-negative integer tensor ``(N,)`` with one entry per node."""
     if not isinstance(batch, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (N,), got {_shape(batch)}")
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N,), got {shape_of(batch)}")
     if batch.dim() != 1:
-        raise ValueError(f"{name} must be 1-D of shape (N,), got {_shape(batch)}")
+        raise ValueError(f"{name} must be 1-D of shape (N,), got {shape_of(batch)}")
     if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
         raise ValueError(f"{name} must be an integer tensor (int64), got {batch.dtype}")
     if batch.numel() != num_nodes:
@@ -66,6 +75,20 @@ def check_positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def check_edge_index_shape(edge_index: object, owner: str) -> Tensor:
+    """``edge_index`` must be an integer tensor ``(2, E)``; returns it as int64."""
+    if (
+        not isinstance(edge_index, Tensor)
+        or edge_index.dim() != 2
+        or edge_index.size(0) != 2
+        or edge_index.dtype not in (torch.int64, torch.int32)
+    ):
+        raise ValueError(
+            f"{owner}: edge_index must be an int64 tensor (2, E), got {shape_of(edge_index)}"
+        )
+    return edge_index.long()
 
 
 def batch_sizes(batch: Tensor | None, num_nodes: int, num_graphs: int | None = None) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_positions
+from ..checks import check_edge_index_shape, check_positions, shape_of
 from ..ops import scatter
 from .base import Edges, Normalizer, Similarity, ValueTransform, share_channels
 from .normalize import make_normalizer
@@ -253,7 +253,7 @@ class NodeAttention(nn.Module):
     ) -> Edges:
         name = type(self).__name__
         if not isinstance(x_dst, Tensor) or x_dst.dim() != 2:
-            raise ValueError(f"{name}: x must be a tensor (N, C), got {_shape(x_dst)}")
+            raise ValueError(f"{name}: x must be a tensor (N, C), got {shape_of(x_dst)}")
         c_src, c_dst = (
             (self.in_channels, self.in_channels)
             if isinstance(self.in_channels, int)
@@ -266,23 +266,16 @@ class NodeAttention(nn.Module):
                 raise ValueError(f"{name}: x_src is None, so num_src must be given")
         else:
             if not isinstance(x_src, Tensor) or x_src.dim() != 2:
-                raise ValueError(f"{name}: x_src must be a tensor (N_src, C), got {_shape(x_src)}")
+                raise ValueError(
+                    f"{name}: x_src must be a tensor (N_src, C), got {shape_of(x_src)}"
+                )
             if x_src.size(1) != c_src:
                 raise ValueError(
                     f"{name}: x_src has {x_src.size(1)} channels, in_channels is {c_src}"
                 )
             num_src = x_src.size(0)
         num_dst = x_dst.size(0)
-        if (
-            not isinstance(edge_index, Tensor)
-            or edge_index.dim() != 2
-            or edge_index.size(0) != 2
-            or edge_index.dtype not in (torch.int64, torch.int32)
-        ):
-            raise ValueError(
-                f"{name}: edge_index must be an int64 tensor (2, E), got {_shape(edge_index)}"
-            )
-        edge_index = edge_index.long()
+        edge_index = check_edge_index_shape(edge_index, name)
         src, dst = edge_index[0], edge_index[1]
         if src.numel():
             for row, n, what in ((src, num_src, "source"), (dst, num_dst, "target")):
@@ -296,7 +289,7 @@ class NodeAttention(nn.Module):
         rel = None
         if rel_pos is not None:
             if not isinstance(rel_pos, Tensor) or rel_pos.dim() != 2 or rel_pos.size(0) != e:
-                raise ValueError(f"{name}: rel_pos must be (E={e}, D), got {_shape(rel_pos)}")
+                raise ValueError(f"{name}: rel_pos must be (E={e}, D), got {shape_of(rel_pos)}")
             rel = rel_pos
         elif pos is not None:
             if isinstance(pos, tuple):
@@ -312,7 +305,7 @@ class NodeAttention(nn.Module):
                 checks = ((pos, num_dst, "pos"),)
             for p, n, what in checks:
                 if not isinstance(p, Tensor) or p.dim() != 2 or p.size(0) != n:
-                    raise ValueError(f"{name}: {what} must be ({n}, D), got {_shape(p)}")
+                    raise ValueError(f"{name}: {what} must be ({n}, D), got {shape_of(p)}")
                 if p.is_floating_point():
                     check_positions(p, what)
             rel = p_src.index_select(0, src) - p_dst.index_select(0, dst)  # (E, D_p)
@@ -320,15 +313,11 @@ class NodeAttention(nn.Module):
             raise ValueError(f"{name}: {type(self.similarity).__name__} needs pos or rel_pos")
         if edge_weight is not None:
             if not isinstance(edge_weight, Tensor) or edge_weight.shape != (e,):
-                raise ValueError(f"{name}: edge_weight must be ({e},), got {_shape(edge_weight)}")
+                raise ValueError(f"{name}: edge_weight must be ({e},), got {shape_of(edge_weight)}")
         return Edges(src, dst, num_src, num_dst, rel=rel, weight=edge_weight)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, heads={self.heads}, concat={self.concat}"
-
-
-def _shape(t: object) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
 def _make_similarity(name: str, in_channels: tuple[int, int], width: int, heads: int) -> Similarity:

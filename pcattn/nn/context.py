@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch
+from ..checks import check_batch, shape_of
 from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
@@ -48,7 +48,7 @@ def _nodes(
         nodes = image_nodes(x)
         return nodes.x, nodes.batch, nodes.batch_size, nodes
     if not isinstance(x, Tensor) or x.dim() != 2:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        got = shape_of(x)
         raise ValueError(f"{name}: x must be (N, C) or an image (B, C, H, W), got {got}")
     if x.size(1) != in_channels:
         raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch
+from ..checks import check_batch, shape_of
 from ..graphs import slot_graph
 from .attention import NodeAttention
 from .image import image_nodes, is_image, to_image
@@ -122,7 +122,7 @@ class ExternalAttention(nn.Module):
     def _nodes(self, x: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor | None]:
         name = type(self).__name__
         if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            got = shape_of(x)
             raise ValueError(f"{name}: x must be (N, C) or an image (B, C, H, W), got {got}")
         if x.size(1) != self.in_channels:
             raise ValueError(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
+from ..checks import check_edge_index_shape, shape_of
 from ..graphs import replace_self_loops
 from .attention import NodeAttention
 from .normalize import NoNormalize, SymmetricDegree
@@ -27,25 +27,13 @@ def _glorot(t: Tensor) -> None:
     nn.init.uniform_(t, -bound, bound)
 
 
-def _shape(t: object) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
 def _check_graph(name: str, x: object, edge_index: object, in_channels: int) -> int:
     """Validate ``x (N, C_in)`` and ``edge_index (2, E)`` with ids in ``[0, N)``; return ``N``."""
     if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ValueError(f"{name}: x must be a tensor (N, C), got {_shape(x)}")
+        raise ValueError(f"{name}: x must be a tensor (N, C), got {shape_of(x)}")
     if x.size(1) != in_channels:
         raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")
-    if (
-        not isinstance(edge_index, Tensor)
-        or edge_index.dim() != 2
-        or edge_index.size(0) != 2
-        or edge_index.dtype not in (torch.int64, torch.int32)
-    ):
-        raise ValueError(
-            f"{name}: edge_index must be an int64 tensor (2, E), got {_shape(edge_index)}"
-        )
+    check_edge_index_shape(edge_index, name)
     n = x.size(0)
     if edge_index.numel():
         lo, hi = int(edge_index.min()), int(edge_index.max())
@@ -144,7 +132,7 @@ class GCNLayer(nn.Module):
             if not isinstance(edge_weight, Tensor) or edge_weight.shape != (edge_index.size(1),):
                 raise ValueError(
                     f"{type(self).__name__}: edge_weight must be ({edge_index.size(1)},), "
-                    f"got {_shape(edge_weight)}"
+                    f"got {shape_of(edge_weight)}"
                 )
         if not self.add_self_loops:
             return edge_index, edge_weight

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..checks import check_batch
+from ..checks import check_batch, shape_of
 from ..graphs import image_to_nodes, nodes_to_image
 
 __all__ = [
@@ -70,7 +70,7 @@ def check_image(x: Tensor, in_channels: int, owner: str, **node_only: object) ->
 def check_nodes(x: object, in_channels: int, owner: str) -> Tensor:
     """Validate node features ``(N, in_channels)`` given to ``owner``."""
     if not isinstance(x, Tensor) or x.dim() != 2:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        got = shape_of(x)
         raise ValueError(f"{owner}: x must be an image (B, C, H, W) or nodes (N, C), got {got}")
     if x.size(1) != in_channels:
         raise ValueError(f"{owner}: x has {x.size(1)} channels, in_channels is {in_channels}")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_positive_int
+from ..checks import check_positive_int, shape_of
 from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
@@ -265,7 +265,7 @@ class NonLocalBlock(nn.Module):
         self, x: Tensor, edge_index: Tensor | None, cluster: Tensor | None
     ) -> tuple[Tensor | None, int]:
         if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            got = shape_of(x)
             raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
         if x.size(1) != self.in_channels:
             raise ValueError(f"x has {x.size(1)} channels, in_channels is {self.in_channels}")
@@ -288,7 +288,7 @@ class NonLocalBlock(nn.Module):
             or cluster.is_floating_point()
             or cluster.dtype == torch.bool
         ):
-            got = tuple(cluster.shape) if isinstance(cluster, Tensor) else type(cluster).__name__
+            got = shape_of(cluster)
             raise ValueError(f"cluster must be an int64 tensor ({x.size(0)},), got {got}")
         cluster = cluster.long()
         return cluster, int(cluster.max()) + 1 if cluster.numel() else 0

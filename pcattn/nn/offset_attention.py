@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..checks import check_batch
+from ..checks import check_batch, shape_of
 from ..graphs import full_graph
 from .attention import NodeAttention
 from .normalize import DoubleNormalize
@@ -84,7 +84,7 @@ class OffsetAttention(nn.Module):
     def _graph(self, x: Tensor, edge_index: Tensor | None, batch: Tensor | None) -> Tensor:
         name = type(self).__name__
         if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            got = shape_of(x)
             raise ValueError(f"{name}: x must be (N, C), got {got}")
         if x.size(1) != self.channels:
             raise ValueError(f"{name}: x has {x.size(1)} channels, channels is {self.channels}")

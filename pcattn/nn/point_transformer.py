@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..checks import shape_of
 from ..graphs import replace_self_loops
 from .attention import NodeAttention
 from .similarity import VectorRelation
@@ -213,10 +214,10 @@ class PointTransformerLayer(nn.Module):
     def _graph(self, x: Tensor, edge_index: Tensor, pos: Tensor) -> Tensor:
         name = type(self).__name__
         if not isinstance(pos, Tensor) or pos.dim() != 2:
-            got = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            got = shape_of(pos)
             raise ValueError(f"{name}: pos must be a tensor (N, D), got {got}")
         if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != pos.size(0):
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            got = shape_of(x)
             raise ValueError(f"{name}: x must be ({pos.size(0)}, C) like pos, got {got}")
         if not self.add_self_loops:
             return edge_index

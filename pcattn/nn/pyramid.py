@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_positive_int
+from ..checks import check_positive_int, shape_of
 from ..graphs import slot_graph
 from ..ops import scatter
 from .attention import NodeAttention
@@ -242,7 +242,7 @@ class PyramidKeyAttention(nn.Module):
         check_nodes(x, self.in_channels, type(self).__name__)
         for name, ei in (("edge_index", edge_index), ("pool_index", pool_index)):
             if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
-                got = tuple(ei.shape) if isinstance(ei, Tensor) else type(ei).__name__
+                got = shape_of(ei)
                 raise ValueError(f"{name} must be a tensor (2, E) for node features, got {got}")
         if pool_index.numel() and (
             int(pool_index[0].min()) < 0 or int(pool_index[0].max()) >= x.size(0)

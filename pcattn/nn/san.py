@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import shape_of
 from ..graphs import grid_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
@@ -203,7 +204,7 @@ class SANPairwise(nn.Module):
         if pos is None:
             raise ValueError(f"{name}: pos (N, {self.pos_dim}) is required for node features")
         if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.size(1) != self.pos_dim:
-            got = tuple(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__
+            got = shape_of(pos)
             raise ValueError(f"{name}: pos must be (N, {self.pos_dim}), got {got}")
         return x, edge_index, pos.to(x.dtype), None
 

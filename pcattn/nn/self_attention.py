@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch, check_positive_int
+from ..checks import check_batch, check_positive_int, shape_of
 from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
@@ -217,7 +217,7 @@ class StructuredSelfAttention(nn.Module):
             batch = torch.arange(b, device=x.device).repeat_interleave(n)  # (B*n,)
             x = x.reshape(b * n, -1)  # (B*n, C)
         if not isinstance(x, Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            got = shape_of(x)
             raise ValueError(f"x must be tokens (N, C) or a dense batch (B, n, C), got {got}")
         if x.size(1) != self.in_channels:
             raise ValueError(f"x has {x.size(1)} channels, in_channels is {self.in_channels}")
