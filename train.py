@@ -1,0 +1,624 @@
+r"""Train and evaluate a pcattn model: config -> data -> model -> optimiser -> loop -> checkpoint.
+
+    python train.py                                   # SyntheticParts, built in, a few minutes
+    python train.py --config configs/modelnet40_pt.yaml --train.epochs=100
+    python train.py --config configs/X.yaml --resume  # continue runs/<...>/last.pt exactly
+    python train.py --eval-only --checkpoint runs/X/best.pt --votes 10  # its own config
+    torchrun --nproc_per_node 2 train.py --config configs/X.yaml   # data parallel (gloo / nccl)
+
+Any config key can be overridden as ``--section.key=value`` (a YAML value, type-checked).
+The run folder (``run.out``) receives ``config.yaml``, ``last.pt`` (every epoch, written
+atomically), ``best.pt``, ``log.csv``, ``curves.png`` and, with ``--save-predictions``,
+``predictions.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.loader import DataLoader
+from tqdm import tqdm
+
+from pcattn import data as D
+from pcattn import distributed
+from pcattn.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+)
+from pcattn.metrics import ClassificationMeter, SegmentationMeter, constrain_to_category
+from pcattn.models import MODELS
+from pcattn.runlog import RunLog, atomic_torch_save, atomic_write_bytes
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        description="Train a pcattn model. Override any config key with --section.key=value.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="YAML experiment file")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        help="continue from a checkpoint (default: <run.out>/last.pt)",
+    )
+    p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint for --eval-only (its config is used unless --config is given)",
+    )
+    p.add_argument("--votes", type=int, default=None, help="test-time augmentations (eval)")
+    p.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="write per-point (or per-shape) predictions of the evaluated split",
+    )
+    args, rest = p.parse_known_args(argv)
+    overrides = []
+    for item in rest:
+        if not item.startswith("--") or "=" not in item or "." not in item.split("=")[0]:
+            p.error(f"unrecognised argument {item!r} (overrides look like --section.key=value)")
+        overrides.append(item[2:])
+    if args.eval_only and args.checkpoint is None:
+        p.error("--eval-only needs --checkpoint PATH")
+    return args, overrides
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class DataInfo:
+    """What the model and the metrics need to know about the data."""
+
+    task: str  # "classification" | "segmentation" | "node"
+    num_classes: int
+    in_channels: int
+    class_names: list[str]
+    num_categories: int = 0
+    category_names: list[str] = field(default_factory=list)
+    category_parts: dict[int, list[int]] = field(default_factory=dict)
+
+
+def augmentation(cfg: Config, pos_dim: int) -> D.Compose | None:
+    a = cfg.data.augment
+    steps = []
+    if a.rotate is not None and pos_dim == 3:
+        steps.append(D.RandomRotate(a.rotate))
+    if a.scale is not None:
+        steps.append(D.RandomScale(a.scale[0], a.scale[1], a.anisotropic))
+    if a.jitter > 0:
+        steps.append(D.Jitter(a.jitter))
+    if a.dropout > 0:
+        steps.append(D.PointDropout(a.dropout))
+    if a.shuffle:
+        steps.append(D.Shuffle())
+    return D.Compose(steps, seed=cfg.train.seed) if steps else None
+
+
+def build_data(cfg: Config) -> tuple[object, object, DataInfo]:
+    """The training split, the evaluated split, and their :class:`DataInfo`."""
+    c = cfg.data
+    root = Path(c.root) if c.root is not None else None
+    if c.name == "synthetic":
+        common = dict(num_points=c.num_points, seed=c.seed, task=c.task, categories=c.categories)
+        train = D.SyntheticParts(c.train_shapes, split="train", **common)
+        val = D.SyntheticParts(c.val_shapes, split=c.val_split, **common)
+        parts = D.SYNTHETIC_PARTS
+        cats = list(parts)
+        if c.task == "classification":
+            info = DataInfo("classification", len(cats), 3 if c.use_normals else 0, cats)
+        else:
+            names = [f"{k}/{n}" for k, v in D.synthetic.SYNTHETIC_PART_NAMES.items() for n in v]
+            info = DataInfo(
+                "segmentation",
+                train.num_parts,
+                3 if c.use_normals else 0,
+                names,
+                len(cats),
+                cats,
+                {i: parts[k] for i, k in enumerate(cats)},
+            )
+    elif c.name == "modelnet":
+        root = root or Path("datasets") / "modelnet40_normal_resampled"
+        common = dict(classes=c.classes, format=c.format, use_normals=c.use_normals)
+        common["num_points"] = c.num_points or None
+        train = D.ModelNet(root, split="train", **common)
+        val = D.ModelNet(root, split="test", **common)
+        names = list(D.MODELNET40_CLASSES if c.classes == 40 else D.MODELNET10_CLASSES)
+        in_ch = 3 if c.use_normals and getattr(train[0], "x", None) is not None else 0
+        info = DataInfo("classification", len(names), in_ch, names)
+    elif c.name == "shapenetpart":
+        root = root or Path("datasets") / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+        common = dict(categories=c.categories, format=c.format, use_normals=c.use_normals)
+        train_split = "trainval" if c.val_split == "test" else "train"
+        train = D.ShapeNetPart(root, split=train_split, **common)
+        val = D.ShapeNetPart(root, split=c.val_split, **common)
+        in_ch = 3 if c.use_normals and getattr(train[0], "x", None) is not None else 0
+        names = [f"{k}/{p}" for k in D.CATEGORIES for p in D.CATEGORY_PARTS[k]]
+        info = DataInfo(
+            "segmentation",
+            D.NUM_PARTS,
+            in_ch,
+            names,
+            D.NUM_CATEGORIES,
+            list(D.CATEGORIES),
+            {i: list(D.CATEGORY_PARTS[k]) for i, k in enumerate(D.CATEGORIES)},
+        )
+    elif c.name == "digits":
+        train = D.Digits("train", seed=c.seed)
+        val = D.Digits("test", seed=c.seed)
+        info = DataInfo("classification", 10, 1, [str(d) for d in range(10)])
+    else:  # karate
+        train = val = D.KarateClub()
+        info = DataInfo("node", 2, 34, ["Mr. Hi", "Officer"])
+    return train, val, info
+
+
+def with_transform(dataset, transform):
+    """Set the per-item transform (training augmentation, evaluation resampling)."""
+    if hasattr(dataset, "transform"):
+        dataset.transform = transform
+    return dataset
+
+
+def make_loader(dataset, cfg: Config, dist_info, *, train: bool, epoch: int = 0) -> DataLoader:
+    r"""Training: a fresh permutation per epoch from ``(seed, epoch)``, split across processes,
+    ``batch_size / world`` shapes per process, the last partial batch dropped. Evaluation: in
+    order, process ``r`` takes items ``r, r + world, ...``."""
+    bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
+    if train:
+        if bs % dist_info.world:
+            raise ConfigError(
+                f"train.batch_size ({bs}) must be divisible by the number of processes "
+                f"({dist_info.world})"
+            )
+        bs //= dist_info.world
+        sampler = torch.utils.data.DistributedSampler(
+            dataset,
+            num_replicas=dist_info.world,
+            rank=dist_info.rank,
+            shuffle=True,
+            seed=cfg.train.seed,
+            drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        drop_last = len(sampler) >= bs
+    else:
+        sampler = list(range(dist_info.rank, len(dataset), dist_info.world))
+        drop_last = False
+    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=cfg.train.num_workers,
+        generator=gen,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# model, optimiser, schedule
+
+
+def build_model(cfg: Config, info: DataInfo) -> nn.Module:
+    cls = MODELS[cfg.model.name]
+    if cls.task != info.task:
+        raise ConfigError(
+            f"model {cfg.model.name!r} is for {cls.task}, but data {cfg.data.name!r} is "
+            f"{info.task}"
+        )
+    extra = {"num_categories": info.num_categories} if info.task == "segmentation" else {}
+    return cls(info.in_channels, info.num_classes, **extra, **cfg.model.options)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": o.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def lr_factor(step: int, total: int, warmup: int, cfg: Config) -> float:
+    r"""Linear warm-up from ``warmup_start`` to 1 over ``warmup`` steps, then cosine to
+    ``min_lr`` at step ``total``."""
+    s = cfg.schedule
+    if step < warmup:
+        return s.warmup_start + (1 - s.warmup_start) * step / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return s.min_lr + (1 - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+# --------------------------------------------------------------------------------------------
+# steps
+
+
+def targets(batch, info: DataInfo, *, train: bool) -> tuple[Tensor, Tensor | None]:
+    """Labels and, for node classification, the mask of the nodes that count."""
+    if info.task == "node":
+        return batch.y, batch.train_mask if train else batch.test_mask
+    return batch.y, None
+
+
+def predict(model: nn.Module, batch, info: DataInfo, votes: int, gen: torch.Generator) -> Tensor:
+    r"""Logits, averaged over ``votes`` copies scaled by ``U(0.8, 1.25)`` (the first copy is
+    the input itself), as PointNet++ / Point Transformer voting."""
+    logits = model(batch)
+    for _ in range(votes - 1):
+        scaled = batch.clone()
+        s = 0.8 + 0.45 * torch.rand((), generator=gen)
+        scaled.pos = batch.pos * s.to(batch.pos)
+        logits = logits + model(scaled)
+    return logits / votes
+
+
+@torch.no_grad()
+def evaluate(model, loader, info: DataInfo, device, *, votes: int = 1, keep: bool = False):
+    """Metrics of ``model`` on ``loader`` (summed over processes), and optionally the
+    predictions."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    if info.task == "segmentation":
+        meter = SegmentationMeter(info.category_parts, info.category_names, info.num_classes)
+        mask = meter.part_mask.to(device)  # (categories, parts)
+    else:
+        meter = ClassificationMeter(info.num_classes)
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    kept: dict[str, list] = {"pos": [], "pred": [], "target": [], "ptr": [0], "category": []}
+    for batch in loader:
+        batch = batch.to(device)
+        y, m = targets(batch, info, train=False)
+        logits = predict(model, batch, info, votes, gen).float()
+        if m is not None:
+            logits, y = logits[m], y[m]
+        loss_sum += torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(), y.numel()])
+        if info.task == "segmentation":
+            pred = constrain_to_category(logits, batch.batch, batch.category, mask).argmax(1)
+            meter.update(pred, y, batch.batch, batch.category)
+        else:
+            pred = logits.argmax(1)
+            meter.update(pred, y)
+        if keep:
+            kept["pred"].append(pred.cpu())
+            kept["target"].append(y.cpu())
+            kept["pos"].append(batch.pos.cpu())
+            counts = torch.bincount(batch.batch, minlength=batch.num_graphs).cpu()
+            start = kept["ptr"][-1]
+            kept["ptr"].extend((start + counts.cumsum(0)).tolist())
+            if info.task == "segmentation":
+                kept["category"].append(batch.category.cpu())
+    meter.all_reduce()
+    distributed.all_reduce_sum(loss_sum)
+    metrics = {"loss": float(loss_sum[0] / max(loss_sum[1], 1))}
+    if info.task == "segmentation":
+        out = meter.compute()
+        metrics.update(
+            instance_miou=out["instance_miou"],
+            class_miou=out["class_miou"],
+            acc=out["point_accuracy"],
+        )
+    else:
+        out = meter.compute()
+        metrics.update(oa=out["oa"], macc=out["macc"])
+    return metrics, (kept if keep else None)
+
+
+def main_metric(info: DataInfo) -> str:
+    return "instance_miou" if info.task == "segmentation" else "oa"
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def rng_state() -> dict:
+    r"""Torch's generators: everything random in a run draws from them (dropout, the data
+    order and augmentation from generators seeded per epoch, SyntheticParts from its own
+    seeds)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")
+
+
+def load_checkpoint(path: Path) -> dict:
+    r"""Read a checkpoint onto the CPU as data only (``weights_only=True``: a file cannot run
+    code); ``load_state_dict`` moves the tensors to the model's device."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or not a checkpoint
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, overrides = parse_args(argv)
+    # the checkpoint to start from, if any; without --config its own config is used
+    ckpt_path = args.checkpoint if args.eval_only else None
+    if args.resume not in (None, "last"):
+        ckpt_path = Path(args.resume)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if args.config is None and ckpt is not None:
+        cfg = apply_overrides(config_from_dict(ckpt["config"]), overrides)
+    else:
+        config_path = args.config
+        if config_path is None and DEFAULT_CONFIG.is_file():
+            config_path = DEFAULT_CONFIG
+        cfg = load_config(config_path, overrides)
+    if args.resume == "last":
+        ckpt = load_checkpoint(Path(cfg.run.out) / "last.pt")
+
+    want_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
+    dist_info = distributed.setup("cuda" if want_cuda else "cpu")
+    device = torch.device(f"cuda:{dist_info.local_rank}" if want_cuda else "cpu")
+    main_proc = dist_info.is_main
+    out = Path(cfg.run.out)
+    torch.manual_seed(cfg.train.seed)
+
+    # data
+    train_set, val_set, info = build_data(cfg)
+    pos_dim = 2 if cfg.data.name == "digits" else 3
+    train_aug = augmentation(cfg, pos_dim) if info.task != "node" else None
+    eval_resample = None
+    if cfg.data.name == "shapenetpart" and cfg.data.num_points:
+        # shapes have 1-3k points: train on random subsets, evaluate on fixed ones
+        steps = [D.Resample(cfg.data.num_points), *(train_aug.transforms if train_aug else [])]
+        train_aug = D.Compose(steps, seed=cfg.train.seed)
+        eval_resample = D.Resample(cfg.data.num_points, seed=cfg.train.seed)
+    with_transform(train_set, train_aug)
+    if val_set is not train_set:  # (the karate club trains and evaluates on one graph)
+        with_transform(val_set, eval_resample)
+
+    # model
+    model = build_model(cfg, info).to(device)
+    if dist_info.enabled:
+        model = distributed.convert_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if want_cuda else None
+        )
+    net = model.module if dist_info.enabled else model
+    votes = args.votes or cfg.train.votes
+
+    if ckpt is not None:
+        try:
+            net.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"checkpoint {ckpt_path or args.resume} does not fit model "
+                f"{cfg.model.name!r} of this config: {e}"
+            ) from None
+
+    if args.eval_only:
+        loader = make_loader(val_set, cfg, dist_info, train=False)
+        metrics, kept = evaluate(net, loader, info, device, votes=votes, keep=args.save_predictions)
+        if main_proc:
+            print(_format("eval", metrics))
+            if kept is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                save_predictions(out / "predictions.npz", kept, info)
+        distributed.teardown()
+        return metrics
+
+    # optimiser and schedule (per step)
+    optimizer = build_optimizer(cfg, net)
+    steps_per_epoch = len(make_loader(train_set, cfg, dist_info, train=True))
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = round(cfg.schedule.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg)
+    )
+    use_amp = cfg.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
+    if args.resume is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        best, best_epoch = ckpt["best"], ckpt["best_epoch"]
+        if main_proc:
+            print(f"resumed from {ckpt_path or out / 'last.pt'} at epoch {start_epoch + 1}")
+
+    log = None
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+        log = RunLog(out, tensorboard=cfg.run.tensorboard, resume=args.resume is not None)
+        n_params = sum(p.numel() for p in net.parameters())
+        print(
+            f"{cfg.model.name}: {n_params / 1e6:.2f} M parameters | data {cfg.data.name} "
+            f"({len(train_set)} train / {len(val_set)} {cfg.data.val_split}) | {device} x "
+            f"{dist_info.world} | run folder {out}"
+        )
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    metrics: dict = {}
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if train_aug is not None:
+            train_aug.reseed(cfg.train.seed * 1_000_003 + epoch)
+        loader = make_loader(train_set, cfg, dist_info, train=True, epoch=epoch)
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not (main_proc and cfg.run.progress),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            batch = batch.to(device)
+            y, m = targets(batch, info, train=True)
+            autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+            with autocast:
+                logits = model(batch)
+            logits = logits.float()
+            if m is not None:
+                logits, y = logits[m], y[m]
+            loss = criterion(logits, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
+                    f"checkpoint is {out / 'last.pt'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            n = y.numel()
+            sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n])
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
+            if cfg.train.max_steps and step >= cfg.train.max_steps:
+                break
+        distributed.all_reduce_sum(sums)
+        metrics = {
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": float(sums[0] / max(sums[2], 1)),
+            "train_acc": float(sums[1] / max(sums[2], 1)),
+        }
+        last = epoch + 1 == cfg.train.epochs or bool(
+            cfg.train.max_steps and step >= cfg.train.max_steps
+        )
+        if (epoch + 1) % cfg.train.eval_every == 0 or last:
+            val_loader = make_loader(val_set, cfg, dist_info, train=False)
+            if eval_resample is not None:
+                eval_resample.reseed(cfg.train.seed)
+            val, _ = evaluate(net, val_loader, info, device, votes=1)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+        if main_proc:
+            score = metrics.get(f"val_{main_metric(info)}", -math.inf)
+            if score > best:
+                best, best_epoch = score, epoch
+            state = {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "step": step,
+                "best": best,
+                "best_epoch": best_epoch,
+                "config": config_to_dict(cfg),
+            }
+            atomic_torch_save(state, out / "last.pt")
+            if best_epoch == epoch:
+                atomic_torch_save(state, out / "best.pt")
+            log.log(epoch + 1, metrics)
+            if "val_loss" in metrics or last:
+                log.plot()
+            print(_format(f"epoch {epoch + 1}/{cfg.train.epochs}", metrics), flush=True)
+        if last:
+            break
+
+    if main_proc:
+        minutes = (time.time() - t0) / 60
+        print(f"done in {minutes:.1f} min; best val {main_metric(info)} {best:.4f} "
+              f"at epoch {best_epoch + 1}; run folder {out}")
+        log.close()
+    if args.save_predictions or votes > 1:
+        val_loader = make_loader(val_set, cfg, dist_info, train=False)
+        if eval_resample is not None:
+            eval_resample.reseed(cfg.train.seed)
+        voted, kept = evaluate(
+            net, val_loader, info, device, votes=votes, keep=args.save_predictions
+        )
+        if main_proc:
+            print(_format(f"last epoch, {votes} vote(s)", voted))
+            if kept is not None:
+                save_predictions(out / "predictions.npz", kept, info)
+    distributed.teardown()
+    return metrics
+
+
+def save_predictions(path: Path, kept: dict, info: DataInfo) -> None:
+    r"""``predictions.npz``: ``pos (P, D)`` packed points, ``ptr (B + 1,)`` shape offsets,
+    ``pred`` / ``target`` (per point for segmentation and node tasks, per shape for
+    classification), ``category (B,)`` for segmentation, ``class_names``, ``task``."""
+    arrays = {
+        "pos": torch.cat(kept["pos"]).numpy(),
+        "ptr": np.asarray(kept["ptr"], dtype=np.int64),
+        "pred": torch.cat(kept["pred"]).numpy(),
+        "target": torch.cat(kept["target"]).numpy(),
+        "class_names": np.asarray(info.class_names),
+        "task": np.asarray(info.task),
+    }
+    if kept["category"]:
+        arrays["category"] = torch.cat(kept["category"]).numpy()
+        arrays["category_names"] = np.asarray(info.category_names)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    print(f"predictions of {len(arrays['ptr']) - 1} items written to {path}")
+
+
+def _format(prefix: str, metrics: dict) -> str:
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+    return f"{prefix}: " + " | ".join(parts)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
