@@ -20,7 +20,6 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +40,8 @@ from pcattn.config import (
     dump_config,
     load_config,
 )
+from pcattn.experiment import DataInfo, build_data, build_model
 from pcattn.metrics import ClassificationMeter, SegmentationMeter, constrain_to_category
-from pcattn.models import MODELS
 from pcattn.runlog import RunLog, atomic_torch_save, atomic_write_bytes
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -92,19 +91,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 # data
 
 
-@dataclass
-class DataInfo:
-    """What the model and the metrics need to know about the data."""
-
-    task: str  # "classification" | "segmentation" | "node"
-    num_classes: int
-    in_channels: int
-    class_names: list[str]
-    num_categories: int = 0
-    category_names: list[str] = field(default_factory=list)
-    category_parts: dict[int, list[int]] = field(default_factory=dict)
-
-
 def augmentation(cfg: Config, pos_dim: int) -> D.Compose | None:
     a = cfg.data.augment
     steps = []
@@ -119,65 +105,6 @@ def augmentation(cfg: Config, pos_dim: int) -> D.Compose | None:
     if a.shuffle:
         steps.append(D.Shuffle())
     return D.Compose(steps, seed=cfg.train.seed) if steps else None
-
-
-def build_data(cfg: Config) -> tuple[object, object, DataInfo]:
-    """The training split, the evaluated split, and their :class:`DataInfo`."""
-    c = cfg.data
-    root = Path(c.root) if c.root is not None else None
-    if c.name == "synthetic":
-        common = dict(num_points=c.num_points, seed=c.seed, task=c.task, categories=c.categories)
-        train = D.SyntheticParts(c.train_shapes, split="train", **common)
-        val = D.SyntheticParts(c.val_shapes, split=c.val_split, **common)
-        parts = D.SYNTHETIC_PARTS
-        cats = list(parts)
-        if c.task == "classification":
-            info = DataInfo("classification", len(cats), 3 if c.use_normals else 0, cats)
-        else:
-            names = [f"{k}/{n}" for k, v in D.synthetic.SYNTHETIC_PART_NAMES.items() for n in v]
-            info = DataInfo(
-                "segmentation",
-                train.num_parts,
-                3 if c.use_normals else 0,
-                names,
-                len(cats),
-                cats,
-                {i: parts[k] for i, k in enumerate(cats)},
-            )
-    elif c.name == "modelnet":
-        root = root or Path("datasets") / "modelnet40_normal_resampled"
-        common = dict(classes=c.classes, format=c.format, use_normals=c.use_normals)
-        common["num_points"] = c.num_points or None
-        train = D.ModelNet(root, split="train", **common)
-        val = D.ModelNet(root, split="test", **common)
-        names = list(D.MODELNET40_CLASSES if c.classes == 40 else D.MODELNET10_CLASSES)
-        in_ch = 3 if c.use_normals and getattr(train[0], "x", None) is not None else 0
-        info = DataInfo("classification", len(names), in_ch, names)
-    elif c.name == "shapenetpart":
-        root = root or Path("datasets") / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
-        common = dict(categories=c.categories, format=c.format, use_normals=c.use_normals)
-        train_split = "trainval" if c.val_split == "test" else "train"
-        train = D.ShapeNetPart(root, split=train_split, **common)
-        val = D.ShapeNetPart(root, split=c.val_split, **common)
-        in_ch = 3 if c.use_normals and getattr(train[0], "x", None) is not None else 0
-        names = [f"{k}/{p}" for k in D.CATEGORIES for p in D.CATEGORY_PARTS[k]]
-        info = DataInfo(
-            "segmentation",
-            D.NUM_PARTS,
-            in_ch,
-            names,
-            D.NUM_CATEGORIES,
-            list(D.CATEGORIES),
-            {i: list(D.CATEGORY_PARTS[k]) for i, k in enumerate(D.CATEGORIES)},
-        )
-    elif c.name == "digits":
-        train = D.Digits("train", seed=c.seed)
-        val = D.Digits("test", seed=c.seed)
-        info = DataInfo("classification", 10, 1, [str(d) for d in range(10)])
-    else:  # karate
-        train = val = D.KarateClub()
-        info = DataInfo("node", 2, 34, ["Mr. Hi", "Officer"])
-    return train, val, info
 
 
 def with_transform(dataset, transform):
@@ -225,17 +152,6 @@ def make_loader(dataset, cfg: Config, dist_info, *, train: bool, epoch: int = 0)
 
 # --------------------------------------------------------------------------------------------
 # model, optimiser, schedule
-
-
-def build_model(cfg: Config, info: DataInfo) -> nn.Module:
-    cls = MODELS[cfg.model.name]
-    if cls.task != info.task:
-        raise ConfigError(
-            f"model {cfg.model.name!r} is for {cls.task}, but data {cfg.data.name!r} is "
-            f"{info.task}"
-        )
-    extra = {"num_categories": info.num_categories} if info.task == "segmentation" else {}
-    return cls(info.in_channels, info.num_classes, **extra, **cfg.model.options)
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
