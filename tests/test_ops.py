@@ -237,3 +237,68 @@ def test_bad_arguments_raise_clear_errors():
 def test_use_torch_scatter_refuses_unknown_modes():
     with pytest.raises(ValueError, match="mode must be 'auto', True or False, got 'yes'"):
         ops.use_torch_scatter("yes")
+
+
+# --------------------------------------------------------------------------------------------
+# weighted_aggregate: the sparse-product message passing step
+
+
+def _aggregate_reference(w, v, src, dst, n):
+    out = torch.zeros(n, *v.shape[1:], dtype=v.dtype)
+    for e in range(src.numel()):  # one edge at a time, independent of any kernel
+        out[dst[e]] += w[e][:, None] * v[src[e]]
+    return out
+
+
+@pytest.mark.parametrize("sorted_edges", [True, False])
+def test_weighted_aggregate_matches_a_loop_and_its_gradients(sorted_edges):
+    g = torch.Generator().manual_seed(3)
+    n_src, n_dst, e, h, d = 9, 7, 40, 3, 5
+    src = torch.randint(0, n_src, (e,), generator=g)
+    dst = torch.randint(0, n_dst - 1, (e,), generator=g)  # the last target has no edge
+    src[:4], dst[:4] = 2, 1  # duplicate edges
+    if sorted_edges:
+        order = torch.argsort(dst, stable=True)
+        src, dst = src[order], dst[order]
+    w = torch.rand(e, h, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.randn(n_src, h, d, dtype=torch.float64, generator=g, requires_grad=True)
+    out = ops.weighted_aggregate(w, v, src, dst, n_dst)
+    ref = _aggregate_reference(w, v, src, dst, n_dst)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    assert torch.equal(out[n_dst - 1], torch.zeros(h, d, dtype=torch.float64))
+    gout = torch.randn(n_dst, h, d, dtype=torch.float64, generator=g)
+    gw, gv = torch.autograd.grad(out, (w, v), gout)
+    rw, rv = torch.autograd.grad(ref, (w, v), gout)
+    torch.testing.assert_close(gw, rw, atol=1e-12, rtol=0)
+    torch.testing.assert_close(gv, rv, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(
+        lambda w_, v_: ops.weighted_aggregate(w_, v_, src, dst, n_dst), (w, v)
+    )
+
+
+def test_weighted_aggregate_float32_and_empty_graphs():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(0, 50, (300,), generator=g)
+    dst = torch.sort(torch.randint(0, 40, (300,), generator=g)).values
+    w, v = torch.rand(300, 4, generator=g), torch.randn(50, 4, 8, generator=g)
+    ref = _aggregate_reference(w.double(), v.double(), src, dst, 40).float()
+    torch.testing.assert_close(ops.weighted_aggregate(w, v, src, dst, 40), ref, atol=1e-5, rtol=0)
+    empty = torch.empty(0, dtype=torch.long)
+    out = ops.weighted_aggregate(torch.rand(0, 4), v, empty, empty, 6)
+    assert out.shape == (6, 4, 8) and not out.any()
+    with pytest.raises(ValueError, match=r"values must be \(N_src, H=4, D\), got \(50, 8\)"):
+        ops.weighted_aggregate(w, v[:, 0], src, dst, 40)
+
+
+def test_weighted_aggregate_in_deterministic_mode_equals_the_sparse_path():
+    g = torch.Generator().manual_seed(5)
+    src = torch.randint(0, 30, (200,), generator=g)
+    dst = torch.randint(0, 25, (200,), generator=g)
+    w = torch.rand(200, 2, dtype=torch.float64, generator=g)
+    v = torch.randn(30, 2, 4, dtype=torch.float64, generator=g)
+    fast = ops.weighted_aggregate(w, v, src, dst, 25)
+    with ops.deterministic():
+        slow = ops.weighted_aggregate(w, v, src, dst, 25)
+        again = ops.weighted_aggregate(w, v, src, dst, 25)
+    assert torch.equal(slow, again)
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)

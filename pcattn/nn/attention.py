@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_edge_index_shape, check_positions, shape_of
-from ..ops import scatter
+from ..ops import scatter, weighted_aggregate
 from .base import Edges, Normalizer, Similarity, ValueTransform, share_channels
 from .normalize import make_normalizer
 from .similarity import (
@@ -231,11 +231,14 @@ class NodeAttention(nn.Module):
         logits = self.similarity(x_dst, x_src, edges)  # (E, H) or (E, H, C_f)
         w = self.normalize(logits, edges)  # same shape
         wd = F.dropout(w, self.dropout, self.training) if self.dropout > 0 else w
-        msg = (
-            v.index_select(0, edges.src) if v is not None else self.value.edge(x_src, edges)
-        )  # (E, H, D)
-        msg = share_channels(wd, msg, self.similarity.share)  # (E, H, D)
-        out = scatter(msg, edges.dst, edges.num_dst)  # (N_dst, H, D)
+        if v is not None and wd.dim() == 2:  # scalar weights, per-node values: a sparse product
+            out = weighted_aggregate(wd, v, edges.src, edges.dst, edges.num_dst)  # (N_dst, H, D)
+        else:
+            msg = (
+                v.index_select(0, edges.src) if v is not None else self.value.edge(x_src, edges)
+            )  # (E, H, D)
+            msg = share_channels(wd, msg, self.similarity.share)  # (E, H, D)
+            out = scatter(msg, edges.dst, edges.num_dst)  # (N_dst, H, D)
         out = out.flatten(1) if self.concat else out.mean(1)  # (N_dst, C_out)
         if self.bias is not None:
             out = out + self.bias
