@@ -60,8 +60,9 @@ def setup(device_type: str) -> Distributed:
 
 
 def teardown() -> None:
-    """Leave the process group (if any)."""
+    """Leave the process group (if any), once every process has got here."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

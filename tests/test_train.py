@@ -267,7 +267,10 @@ def test_torchrun_two_processes_take_the_single_process_step(tmp_path):
         *common,
         f"--run.out={parallel}",
     ]
-    done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:  # show where it stood
+        raise AssertionError(f"torchrun hung:\n{e.stdout}\n{e.stderr}") from None
     assert done.returncode == 0, done.stderr[-3000:]
     a = torch.load(single / "last.pt", weights_only=True)["model"]
     b = torch.load(parallel / "last.pt", weights_only=True)["model"]

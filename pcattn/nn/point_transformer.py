@@ -2,10 +2,12 @@ r"""Point Transformer vector self-attention as :class:`~pcattn.nn.NodeAttention`
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from ..checks import shape_of
+from ..checks import check_positive_int, shape_of
 from ..graphs import replace_self_loops
+from ..ops import index_to_ptr
 from .attention import NodeAttention
 from .similarity import VectorRelation
 from .value import AdditivePositionalValue
@@ -101,6 +103,9 @@ class PointTransformerLayer(nn.Module):
         bias: biases of :math:`\varphi, \psi, \alpha` (default: ``True``; PyG has none).
         pos_dim: dimension of the positions, the input width of the default :math:`\theta`
             (default: ``3``).
+        chunk_edges: in inference (eval mode, no gradient), graphs with more edges run in
+            blocks of whole targets with at most this many edges each, which bounds the memory
+            (default: ``2**20``).
 
     Shapes:
         - **x:** ``(N, C_in)``
@@ -122,8 +127,10 @@ class PointTransformerLayer(nn.Module):
         add_self_loops: bool = False,
         bias: bool = True,
         pos_dim: int = 3,
+        chunk_edges: int = 1 << 20,
     ) -> None:
         super().__init__()
+        self.chunk_edges = check_positive_int(chunk_edges, "chunk_edges")
         if isinstance(share_planes, bool) or not isinstance(share_planes, int) or share_planes < 1:
             raise ValueError(f"share_planes must be an int >= 1, got {share_planes!r}")
         if out_channels % share_planes != 0:
@@ -237,8 +244,36 @@ class PointTransformerLayer(nn.Module):
         return replace_self_loops(edge_index, num_nodes=n)[0]
 
     def forward(self, x: Tensor, edge_index: Tensor, pos: Tensor) -> Tensor:
-        r"""Returns ``(N, C)``."""
-        return self.attn(x, self._graph(x, edge_index, pos), pos)
+        r"""Returns ``(N, C)``. In inference (eval mode, no gradient) a graph with more than
+        :attr:`chunk_edges` edges is processed in blocks of whole targets, so memory is bounded
+        by the block, not the cloud (the result is the same: every target's softmax sees all of
+        its edges, and the BatchNorms use their running statistics)."""
+        edge_index = self._graph(x, edge_index, pos)
+        if self.training or torch.is_grad_enabled() or edge_index.size(1) <= self.chunk_edges:
+            return self.attn(x, edge_index, pos)
+        return self._blocks(x, edge_index, pos)
+
+    def _blocks(self, x: Tensor, edge_index: Tensor, pos: Tensor) -> Tensor:
+        src, dst = edge_index
+        if not bool((dst[1:] >= dst[:-1]).all()):
+            order = torch.argsort(dst, stable=True)
+            src, dst = src[order], dst[order]
+        n = x.size(0)
+        ptr = index_to_ptr(dst, n)  # (N + 1,)
+        out = x.new_empty(n, self.out_channels)
+        start = 0
+        while start < n:
+            # the targets whose edges fit in one block (at least one target)
+            end = int(torch.searchsorted(ptr, ptr[start] + self.chunk_edges, right=True)) - 1
+            end = min(max(end, start + 1), n)
+            lo, hi = int(ptr[start]), int(ptr[end])
+            sources, local = torch.unique(src[lo:hi], return_inverse=True)  # (S,), (E_b,)
+            block = torch.stack([local, dst[lo:hi] - start])  # (2, E_b)
+            x_pair = (x.index_select(0, sources), x[start:end])
+            pos_pair = (pos.index_select(0, sources), pos[start:end])
+            out[start:end] = self.attn(x_pair, block, pos_pair)  # (end - start, C)
+            start = end
+        return out
 
     def attention_weights(
         self, x: Tensor, edge_index: Tensor, pos: Tensor

@@ -348,3 +348,29 @@ def test_errors():
     loops = PointTransformerLayer(4, 16, add_self_loops=True).double()
     with pytest.raises(ValueError, match=r"node ids in \[0, 10\] but x has 10 nodes"):
         loops(x, torch.tensor([[0, 10], [1, 2]]), pos)
+
+
+@pytest.mark.parametrize("add_self_loops", [False, True])
+def test_inference_in_blocks_equals_one_pass(add_self_loops):
+    # eval + no_grad with a small chunk_edges: blocks of whole targets give the same output,
+    # also with unsorted edges, a node without edges and the official BN-MLPs (running stats)
+    torch.manual_seed(0)
+    pos = torch.randn(70, 3, dtype=torch.float64)
+    x = torch.randn(70, 16, dtype=torch.float64)
+    ei = graphs.knn_graph(pos, 6, loop=True)
+    ei = ei[:, ei[1] != 5]  # node 5 receives nothing
+    ei = ei[:, torch.randperm(ei.size(1))]
+    layer = PointTransformerLayer(16, 16, share_planes=4, add_self_loops=add_self_loops)
+    layer = layer.double()
+    layer.train()
+    with torch.no_grad():
+        layer(x, ei, pos)  # give the BatchNorms running statistics that are not the defaults
+    layer.eval()
+    with torch.no_grad():
+        whole = layer(x, ei, pos)
+        layer.chunk_edges = 25
+        blocks = layer(x, ei, pos)
+    torch.testing.assert_close(blocks, whole, atol=1e-10, rtol=0)
+    assert not add_self_loops or blocks[5].abs().sum() > 0  # the self loop reaches node 5
+    with pytest.raises(ValueError, match="chunk_edges must be >= 1, got 0"):
+        PointTransformerLayer(16, 16, chunk_edges=0)
