@@ -40,7 +40,7 @@ from pcattn.config import (
     dump_config,
     load_config,
 )
-from pcattn.experiment import DataInfo, build_data, build_model
+from pcattn.experiment import DataInfo, build_data, build_model, load_checkpoint
 from pcattn.metrics import ClassificationMeter, SegmentationMeter, constrain_to_category
 from pcattn.runlog import RunLog, atomic_torch_save, atomic_write_bytes
 
@@ -276,24 +276,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")
-
-
-def load_checkpoint(path: Path) -> dict:
-    r"""Read a checkpoint onto the CPU as data only (``weights_only=True``: a file cannot run
-    code); ``load_state_dict`` moves the tensors to the model's device."""
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt or not a checkpoint
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
-    return ckpt
-
-
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -336,6 +318,12 @@ def main(argv: list[str] | None = None) -> dict:
     if val_set is not train_set:  # (the karate club trains and evaluates on one graph)
         with_transform(val_set, eval_resample)
 
+    def val_loader() -> DataLoader:
+        """The evaluated split, in order, with the same point subsets every time."""
+        if eval_resample is not None:
+            eval_resample.reseed(cfg.train.seed)
+        return make_loader(val_set, cfg, dist_info, train=False)
+
     # model
     model = build_model(cfg, info).to(device)
     if dist_info.enabled:
@@ -356,8 +344,9 @@ def main(argv: list[str] | None = None) -> dict:
             ) from None
 
     if args.eval_only:
-        loader = make_loader(val_set, cfg, dist_info, train=False)
-        metrics, kept = evaluate(net, loader, info, device, votes=votes, keep=args.save_predictions)
+        metrics, kept = evaluate(
+            net, val_loader(), info, device, votes=votes, keep=args.save_predictions
+        )
         if main_proc:
             print(_format("eval", metrics))
             if kept is not None:
@@ -456,10 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg.train.max_steps and step >= cfg.train.max_steps
         )
         if (epoch + 1) % cfg.train.eval_every == 0 or last:
-            val_loader = make_loader(val_set, cfg, dist_info, train=False)
-            if eval_resample is not None:
-                eval_resample.reseed(cfg.train.seed)
-            val, _ = evaluate(net, val_loader, info, device, votes=1)
+            val, _ = evaluate(net, val_loader(), info, device, votes=1)
             metrics.update({f"val_{k}": v for k, v in val.items()})
         if main_proc:
             score = metrics.get(f"val_{main_metric(info)}", -math.inf)
@@ -489,15 +475,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     if main_proc:
         minutes = (time.time() - t0) / 60
-        print(f"done in {minutes:.1f} min; best val {main_metric(info)} {best:.4f} "
-              f"at epoch {best_epoch + 1}; run folder {out}")
+        print(
+            f"done in {minutes:.1f} min; best val {main_metric(info)} {best:.4f} "
+            f"at epoch {best_epoch + 1}; run folder {out}"
+        )
         log.close()
     if args.save_predictions or votes > 1:
-        val_loader = make_loader(val_set, cfg, dist_info, train=False)
-        if eval_resample is not None:
-            eval_resample.reseed(cfg.train.seed)
         voted, kept = evaluate(
-            net, val_loader, info, device, votes=votes, keep=args.save_predictions
+            net, val_loader(), info, device, votes=votes, keep=args.save_predictions
         )
         if main_proc:
             print(_format(f"last epoch, {votes} vote(s)", voted))

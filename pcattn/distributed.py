@@ -155,8 +155,15 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum ``t`` over processes (a no-op without a process group); returns it."""
-    if dist.is_available() and dist.is_initialized():
+    """Sum ``t`` over processes, in place, and return it (a no-op without a process group).
+    Under NCCL, which reduces CUDA tensors only, a CPU tensor goes through a CUDA copy."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu)
+        t.copy_(on_gpu)
+    else:
         dist.all_reduce(t)
     return t
 

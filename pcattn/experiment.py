@@ -1,5 +1,6 @@
 r"""An experiment's data and model from its config: the split readers, what the model and the
-metrics need to know about the data (:class:`DataInfo`), and the model of ``cfg.model``.
+metrics need to know about the data (:class:`DataInfo`), the model of ``cfg.model``, and the
+checkpoints ``train.py`` writes, read back as data only.
 
 ``train.py`` and the viewer (``python -m pcattn.viz attention``) both rebuild a run from its
 config (the one stored in every checkpoint) through these two functions.
@@ -10,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import data as D
 from .config import Config, ConfigError
 from .models import MODELS
 
-__all__ = ["DataInfo", "build_data", "build_model"]
+__all__ = ["DataInfo", "build_data", "build_model", "load_checkpoint"]
 
 
 @dataclass
@@ -99,3 +101,21 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         )
     extra = {"num_categories": info.num_categories} if info.task == "segmentation" else {}
     return cls(info.in_channels, info.num_classes, **extra, **cfg.model.options)
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")
+
+
+def load_checkpoint(path: Path) -> dict:
+    r"""Read a checkpoint onto the CPU as data only (``weights_only=True``: a file cannot run
+    code); ``load_state_dict`` moves the tensors to the model's device."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or not a checkpoint
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
+    return ckpt

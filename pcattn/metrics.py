@@ -43,8 +43,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from .distributed import all_reduce_sum
 
 __all__ = [
     "confusion_matrix",
@@ -343,18 +344,6 @@ def constrain_to_category(
 # meters
 
 
-def _sum_across_ranks(state: Tensor) -> Tensor:
-    """All-reduce (sum) ``state`` over the default process group; identity without one."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return state
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
-        device = torch.device("cuda", torch.cuda.current_device())
-    reduced = state.to(device)
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced.cpu()
-
-
 class ClassificationMeter:
     r"""Accumulates a confusion matrix over batches; reports overall and mean class accuracy.
 
@@ -407,7 +396,7 @@ class ClassificationMeter:
         Call it once on every rank, after the last :meth:`update` and before :meth:`compute`;
         calling it again would count the other ranks' samples twice.
         """
-        self.confusion = _sum_across_ranks(self.confusion).to(torch.int64)
+        self.confusion = all_reduce_sum(self.confusion).to(torch.int64)
 
 
 class SegmentationMeter:
@@ -550,7 +539,7 @@ class SegmentationMeter:
         """Sum the meter's sums over all ranks of the initialised process group (no-op without
         one). Call it once on every rank, after the last :meth:`update` and before
         :meth:`compute`; calling it again would count the other ranks' shapes twice."""
-        self._load(_sum_across_ranks(self.state()))
+        self._load(all_reduce_sum(self.state()))
 
     def _load(self, state: Tensor) -> None:
         C = self.num_categories

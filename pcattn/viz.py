@@ -605,9 +605,9 @@ def _attention(args) -> None:
     from torch_geometric.data import Batch
 
     from .config import apply_overrides, config_from_dict
-    from .experiment import build_data, build_model
+    from .experiment import build_data, build_model, load_checkpoint
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(args.checkpoint)
     cfg = apply_overrides(config_from_dict(ckpt["config"]), args.override)
     _, val, info = build_data(cfg)
     model = build_model(cfg, info)

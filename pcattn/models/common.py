@@ -66,6 +66,11 @@ def global_pool(x: Tensor, batch: Tensor, num_graphs: int, reduce: str = "mean")
     return scatter(x, batch, num_graphs, reduce)
 
 
+def smallest_cloud(batch: Tensor) -> int:
+    """Points in the smallest cloud of ``batch``: the cap on ``k`` of a stage's kNN queries."""
+    return int(torch.bincount(batch).min())
+
+
 def batch_of(data) -> tuple[Tensor, int]:
     """``batch (N,)`` and the number of clouds of a ``Batch`` (a lone ``Data`` is one cloud)."""
     batch = getattr(data, "batch", None)
@@ -130,7 +135,7 @@ class TransitionDown(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         idx = fps(pos.detach(), ratio=1.0 / self.stride, batch=batch, random_start=False)  # (M,)
         pos_d, batch_d = pos[idx], batch[idx]  # (M, D), (M,)
-        k = min(self.k, int(torch.bincount(batch).min()))
+        k = min(self.k, smallest_cloud(batch))
         src, dst = knn(pos.detach(), pos_d.detach(), k, batch, batch_d)  # (E,), E = M k
         rel = pos.index_select(0, src) - pos_d.index_select(0, dst)  # (E, D)
         h = self.mlp(torch.cat([rel, x.index_select(0, src)], dim=1))  # (E, C_out)
@@ -190,7 +195,7 @@ def interpolate(
     r"""Inverse-squared-distance interpolation of ``x (M, C)`` at ``pos (M, D)`` onto the
     points ``pos_to (N, D)`` from their ``k`` nearest (PointNet++'s feature propagation);
     returns ``(N, C)``."""
-    k = min(k, int(torch.bincount(batch).min()))
+    k = min(k, smallest_cloud(batch))
     src, dst = knn(pos.detach(), pos_to.detach(), k, batch, batch_to)  # (E,), E = N k
     d2 = (pos.index_select(0, src) - pos_to.index_select(0, dst)).pow(2).sum(1)  # (E,)
     w = (1.0 / (d2.detach() + 1e-8)).view(-1, k, 1)  # (N, k, 1): knn gives k edges per target
@@ -201,5 +206,5 @@ def interpolate(
 def knn_edges(pos: Tensor, k: int, batch: Tensor, *, loop: bool = True) -> Tensor:
     r"""The kNN graph of a stage, with ``k`` capped by the smallest cloud (so small clouds
     still work): ``edge_index (2, N k)`` sorted by target."""
-    smallest = int(torch.bincount(batch).min())
-    return knn_graph(pos.detach(), min(k, smallest - (0 if loop else 1)), batch, loop=loop)
+    k = min(k, smallest_cloud(batch) - (0 if loop else 1))
+    return knn_graph(pos.detach(), k, batch, loop=loop)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_positive_int, shape_of
-from ..graphs import replace_self_loops
+from ..graphs import replace_self_loops, sort_by_target
 from ..ops import index_to_ptr
 from .attention import NodeAttention
 from .similarity import VectorRelation
@@ -254,10 +254,9 @@ class PointTransformerLayer(nn.Module):
         return self._blocks(x, edge_index, pos)
 
     def _blocks(self, x: Tensor, edge_index: Tensor, pos: Tensor) -> Tensor:
+        if not bool((edge_index[1, 1:] >= edge_index[1, :-1]).all()):
+            (edge_index,) = sort_by_target(edge_index)
         src, dst = edge_index
-        if not bool((dst[1:] >= dst[:-1]).all()):
-            order = torch.argsort(dst, stable=True)
-            src, dst = src[order], dst[order]
         n = x.size(0)
         ptr = index_to_ptr(dst, n)  # (N + 1,)
         out = x.new_empty(n, self.out_channels)
