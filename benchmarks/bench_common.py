@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +40,20 @@ def cpu_name() -> str:
             return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """CPU model, logical cores, memory and OS: the machine a table was measured on."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(ln.split()[1]) for ln in f if ln.startswith("MemTotal"))
+        mem = f"{kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        mem = "RAM unknown"
+    return (
+        f"{cpu_name()}, {os.cpu_count()} logical cores, {mem}, {platform.platform()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def fmt(v) -> str:

@@ -459,9 +459,7 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {'.'.join(parents)} is not a section")
         if parents != ["model"] and leaf not in node:
-            raise ConfigError(
-                f"override {item!r}: unknown key {key!r}{_suggest(leaf, list(node))}"
-            )
+            raise ConfigError(f"override {item!r}: unknown key {key!r}{_suggest(leaf, list(node))}")
         node[leaf] = value
         try:
             cfg = config_from_dict(raw)

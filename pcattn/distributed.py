@@ -118,8 +118,10 @@ class DistributedBatchNorm(nn.BatchNorm1d):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(
-                    self.num_batches_tracked
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
                 )
                 unbiased = var * n / (n - 1).clamp(min=1)
                 self.running_mean.mul_(1 - m).add_(mean.detach() * m)
@@ -166,4 +168,3 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     else:
         dist.all_reduce(t)
     return t
-

@@ -50,6 +50,8 @@ __all__ = [
     "segment_softmax",
     "segment_softmax_csr",
     "weighted_aggregate",
+    "vector_attention",
+    "edge_dot",
     "index_to_ptr",
     "ptr_to_index",
     "deterministic",
@@ -416,6 +418,26 @@ def _sparse_csr(ptr: Tensor, col: Tensor, values: Tensor, rows: int, cols: int) 
         return torch.sparse_csr_tensor(ptr, col, values, size=(rows, cols), check_invariants=False)
 
 
+def _csr_products(w: Tensor, v: Tensor, ptr: Tensor, col: Tensor, rows: int) -> Tensor:
+    """``out[i, h] = sum_{e in row i} w[e, h] v[col_e, h]``: one CSR x dense product per head."""
+    heads = w.size(1)
+    out = v.new_empty(rows, heads, v.size(2))
+    for h in range(heads):
+        out[:, h] = _sparse_csr(ptr, col, w[:, h].contiguous(), rows, v.size(0)) @ v[:, h]
+    return out
+
+
+def _sampled_products(ptr: Tensor, col: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out[e, h] = <a[row_e, h], b[col_e, h]>`` on a CSR pattern: one sampled dense product
+    per head, ``(E, H)``."""
+    rows, heads, _ = a.shape
+    pattern = _sparse_csr(ptr, col, a.new_ones(col.numel()), rows, b.size(0))
+    out = a.new_empty(col.numel(), heads)
+    for h in range(heads):
+        out[:, h] = torch.sparse.sampled_addmm(pattern, a[:, h], b[:, h].t(), beta=0.0).values()
+    return out
+
+
 class _WeightedAggregate(torch.autograd.Function):
     r"""``out[i, h] = sum_{e: dst_e = i} w[e, h] * v[src_e, h]`` as one CSR x dense product per
     head, with edges sorted by target. Backward: ``dv = A^T g`` (a CSR product on the
@@ -424,11 +446,7 @@ class _WeightedAggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, v: Tensor, ptr: Tensor, src: Tensor, num_dst: int) -> Tensor:
-        n_src, heads, d = v.shape
-        out = v.new_empty(num_dst, heads, d)
-        for h in range(heads):
-            a = _sparse_csr(ptr, src, w[:, h].contiguous(), num_dst, n_src)
-            out[:, h] = a @ v[:, h].contiguous()  # (N_dst, D)
+        out = _csr_products(w, v, ptr, src, num_dst)  # (N_dst, H, D)
         ctx.save_for_backward(w, v, ptr, src)
         ctx.num_dst = num_dst
         return out
@@ -436,7 +454,7 @@ class _WeightedAggregate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         w, v, ptr, src = ctx.saved_tensors
-        n_src, heads, d = v.shape
+        n_src = v.size(0)
         g = g.contiguous()
         gw = gv = None
         if ctx.needs_input_grad[1]:  # A^T g on the edges sorted by source
@@ -444,18 +462,9 @@ class _WeightedAggregate(torch.autograd.Function):
             dst = ptr_to_index(ptr)  # (E,)
             ptr_t = index_to_ptr(src.index_select(0, perm), n_src)
             col_t = dst.index_select(0, perm)
-            w_t = w.index_select(0, perm)  # (E, H)
-            gv = torch.empty_like(v)
-            for h in range(heads):
-                gv[:, h] = (
-                    _sparse_csr(ptr_t, col_t, w_t[:, h].contiguous(), n_src, ctx.num_dst) @ g[:, h]
-                )
+            gv = _csr_products(w.index_select(0, perm), g, ptr_t, col_t, n_src)  # (N_src, H, D)
         if ctx.needs_input_grad[0]:  # <g_i, v_j> on the pattern
-            pattern = _sparse_csr(ptr, src, w.new_ones(src.numel()), ctx.num_dst, n_src)
-            gw = torch.empty_like(w)
-            for h in range(heads):
-                s = torch.sparse.sampled_addmm(pattern, g[:, h], v[:, h].t(), beta=0.0)
-                gw[:, h] = s.values()
+            gw = _sampled_products(ptr, src, g, v)  # (E, H)
         return gw, gv, None, None, None
 
 
@@ -496,3 +505,324 @@ def weighted_aggregate(
         order = torch.argsort(dst, stable=True)
         src, dst, weights = src[order], dst[order], weights[order]
     return _WeightedAggregate.apply(weights, values, index_to_ptr(dst, num_dst), src, num_dst)
+
+
+# --------------------------------------------------------------------------------------------
+# vector attention: softmax and aggregation in one pass over chunks of edges
+# --------------------------------------------------------------------------------------------
+
+_CHUNK_BYTES = 32 << 20  # default working-set budget of one edge chunk of vector_attention
+
+
+def _grouped(t: Tensor, cf: int, share: str) -> Tensor:
+    """View ``(E, C)`` as ``(E, C / Cf, Cf)`` (interleaved) or ``(E, Cf, C / Cf)``."""
+    e, c = t.shape
+    return t.view(e, c // cf, cf) if share == "interleaved" else t.view(e, cf, c // cf)
+
+
+def _score_view(w: Tensor, share: str) -> Tensor:
+    """``(E, Cf)`` scores broadcastable against :func:`_grouped` channels."""
+    return w.unsqueeze(1) if share == "interleaved" else w.unsqueeze(2)
+
+
+def _group_sum(t: Tensor, cf: int, share: str) -> Tensor:
+    """Sum ``(E, C)`` over the channels of each score group: ``(E, Cf)``."""
+    return _grouped(t, cf, share).sum(1 if share == "interleaved" else 2)
+
+
+def _spread(w: Tensor, c: int, share: str) -> Tensor:
+    """``(E, Cf)`` scores to every channel ``(E, C)`` (each channel its group's score)."""
+    e, cf = w.shape
+    shape = (e, c // cf, cf) if share == "interleaved" else (e, cf, c // cf)
+    return _score_view(w, share).expand(shape).reshape(e, c)
+
+
+class _VectorAttention(torch.autograd.Function):
+    r"""Segment softmax of vector logits and the weighted sum of ``v[src] + pos`` in one pass
+    over chunks of target-sorted edges, with a running (online) maximum and sum per target, so
+    the weights and messages of all edges never exist at once. Backward recomputes the logits
+    and weights chunk by chunk from the saved log-sum-exp per target; the softmax correction
+    :math:`\sum_{j} w_{ij} \partial w_{ij}` is the per-target dot product of the output with
+    its gradient (as in flash attention), so backward needs no segment reduction."""
+
+    @staticmethod
+    def forward(ctx, logits, query, key, values, pos, src, dst, n_dst, cf, share, pos_in_logits,
+                chunk):  # fmt: skip
+        e, c = src.numel(), values.size(1)
+        m = values.new_full((n_dst, cf), float("-inf"))  # running max per target and group
+        s = values.new_zeros(n_dst, cf)  # running sum of exp(logit - m)
+        acc = values.new_zeros(n_dst, c)  # running weighted sum of messages
+        terms = (logits, query, key, pos if pos_in_logits else None)
+        for a in range(0, e, chunk):
+            b = min(a + chunk, e)
+            src_c, dst_c = src[a:b], dst[a:b]
+            r0, r1 = int(dst_c[0]), int(dst_c[-1]) + 1
+            local = dst_c - r0  # (E_c,) target within the chunk's rows
+            z = _chunk_logits(terms, src_c, dst_c, a, b)  # (E_c, Cf)
+            cmax = m.new_full((r1 - r0, cf), float("-inf"))
+            cmax.scatter_reduce_(0, local[:, None].expand_as(z), z, "amax")
+            m_old = m[r0:r1]
+            m_new = torch.maximum(m_old, cmax)  # (R, Cf)
+            scale = torch.where(m_old == float("-inf"), 0.0, (m_old - m_new).exp())
+            p = (z - m_new.index_select(0, local)).exp_()  # (E_c, Cf) unnormalised weights
+            s[r0:r1] = s[r0:r1] * scale + m.new_zeros(r1 - r0, cf).index_add_(0, local, p)
+            msg = values.index_select(0, src_c)  # (E_c, C)
+            if pos is not None:
+                msg += pos[a:b]
+            _grouped(msg, cf, share).mul_(_score_view(p, share))
+            acc[r0:r1] = acc[r0:r1] * _spread(scale, c, share) + acc.new_zeros(
+                r1 - r0, c
+            ).index_add_(0, local, msg)
+            m[r0:r1] = m_new
+            del z, p, msg
+        has = s > 0
+        out = torch.where(_spread(has, c, share), acc / _spread(s.clamp_min(1e-38), c, share), 0)
+        lse = torch.where(has, m + s.clamp_min(1e-38).log(), 0.0)  # (N_dst, Cf)
+        ctx.save_for_backward(logits, query, key, values, pos, src, dst, lse, out)
+        ctx.cf, ctx.share, ctx.pos_in_logits, ctx.chunk = cf, share, pos_in_logits, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, query, key, values, pos, src, dst, lse, out = ctx.saved_tensors
+        cf, share, chunk = ctx.cf, ctx.share, ctx.chunk
+        need = ctx.needs_input_grad
+        e, c = src.numel(), values.size(1)
+        g = g.contiguous()
+        dot = _group_sum(out * g, cf, share)  # (N_dst, Cf): sum_j w_ij <dL/dw_ij>
+        g_log = torch.empty_like(logits) if need[0] else None
+        g_q = torch.zeros_like(query) if need[1] else None
+        g_k = torch.zeros_like(key) if need[2] else None
+        g_v = torch.zeros_like(values) if need[3] else None
+        g_pos = torch.empty_like(pos) if need[4] else None
+        terms = (logits, query, key, pos if ctx.pos_in_logits else None)
+        for a in range(0, e, chunk):
+            b = min(a + chunk, e)
+            src_c, dst_c = src[a:b], dst[a:b]
+            w = _chunk_logits(terms, src_c, dst_c, a, b)  # (E_c, Cf) logits ...
+            w = (w - lse.index_select(0, dst_c)).exp_()  # ... to the softmax weights
+            g_c = g.index_select(0, dst_c)  # (E_c, C) dL/d out of each edge's target
+            if need[3] or need[4]:
+                g_msg = g_c * _spread(w, c, share)  # (E_c, C)
+                if need[3]:
+                    g_v.index_add_(0, src_c, g_msg)
+                if need[4]:
+                    g_pos[a:b] = g_msg
+                del g_msg
+            msg = values.index_select(0, src_c)  # (E_c, C)
+            if pos is not None:
+                msg += pos[a:b]
+            g_w = _group_sum(msg.mul_(g_c), cf, share)  # (E_c, Cf) dL/dw
+            del msg, g_c
+            g_z = w.mul_(g_w.sub_(dot.index_select(0, dst_c)))  # (E_c, Cf) dL/d logit
+            if need[0]:
+                g_log[a:b] = g_z
+            if need[1]:
+                g_q.index_add_(0, dst_c, g_z)
+            if need[2]:
+                g_k.index_add_(0, src_c, g_z)
+            if need[4] and ctx.pos_in_logits:
+                g_pos[a:b] += g_z
+        return g_log, g_q, g_k, g_v, g_pos, None, None, None, None, None, None, None
+
+
+def _chunk_logits(terms, src_c: Tensor, dst_c: Tensor, a: int, b: int) -> Tensor:
+    """The logits of edges ``a:b``: the sum of the terms that are given (a new tensor)."""
+    logits, query, key, pos = terms
+    z = None
+    for t in (logits[a:b] if logits is not None else None,
+              query.index_select(0, dst_c) if query is not None else None,
+              key.index_select(0, src_c) if key is not None else None,
+              pos[a:b] if pos is not None else None):  # fmt: skip
+        if t is not None:
+            z = t.clone() if z is None else z.add_(t)
+    return z
+
+
+def vector_attention(
+    values: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    num_dst: int,
+    *,
+    logits: Tensor | None = None,
+    query: Tensor | None = None,
+    key: Tensor | None = None,
+    pos: Tensor | None = None,
+    pos_in_logits: bool = False,
+    share: str = "interleaved",
+    chunk_edges: int | None = None,
+) -> Tensor:
+    r"""Vector (channel-wise) softmax attention in one memory-bounded pass:
+
+    .. math::
+        s_e = \ell_e + q_{\mathrm{dst}_e} + k_{\mathrm{src}_e} \,(+\, \rho_e), \qquad
+        \mathrm{out}_{i,c} = \sum_{e:\, \mathrm{dst}_e = i}
+        \mathrm{softmax}_{e \to i}(s)_{e,\pi(c)}\, \big(v_{\mathrm{src}_e,c} + \rho_{e,c}\big)
+
+    with the softmax over the edges of each target, separately for each of the ``C_f`` score
+    channels, and :math:`\pi(c)` the score channel of value channel ``c`` (``c mod C_f``
+    interleaved, ``c // (C / C_f)`` contiguous). Point Transformer is
+    :math:`\ell = \gamma(\ldots)`, :math:`\rho = \delta` (the official MLP form), or, with
+    :math:`\gamma` the identity, :math:`q = \pm\varphi(x)`, :math:`k = \mp\psi(x)` and
+    ``pos_in_logits=True`` (PyG's form), in which case not even the logits are stored.
+
+    The edges are processed in chunks of ``chunk_edges`` (target-sorted; a target's edges may
+    span chunks: a running maximum and sum per target rescale what came before, the online
+    softmax of flash attention). Forward keeps only the ``(N, C_f)`` log-sum-exp and the output;
+    backward recomputes each chunk's weights, so beyond the inputs the memory is
+    ``O(chunk_edges * C)`` in both passes, with no ``(E, C)`` weight or message tensor.
+    Unsorted edges are sorted first (copying the per-edge inputs).
+
+    Args:
+        values: per-node values ``(N_src, C)``.
+        src, dst: source and target of each edge, ``(E,)``.
+        num_dst: number of target nodes.
+        logits: per-edge logits ``(E, C_f)``.
+        query: per-target logit term ``(N_dst, C_f)``.
+        key: per-source logit term ``(N_src, C_f)``.
+        pos: per-edge term ``(E, C)`` added to every message (and to the logits with
+            ``pos_in_logits``, which needs ``C_f == C``).
+        share: ``"interleaved"`` (default) or ``"contiguous"``.
+        chunk_edges: edges per chunk (default: what fits a 32 MB working set).
+
+    At least one of ``logits``, ``query``, ``key`` (or ``pos_in_logits``) must be given.
+
+    Returns:
+        ``(num_dst, C)``; a target without edges gets 0. Differentiable (once) in every
+        floating input.
+    """
+    if not isinstance(values, Tensor) or values.dim() != 2:
+        raise ValueError(f"values must be (N_src, C), got {_shape(values)}")
+    n_src, c = values.shape
+    src, dst = _long(src, "src"), _long(dst, "dst")
+    e = src.numel()
+    if dst.numel() != e:
+        raise ValueError(f"src has {e} edges but dst has {dst.numel()}")
+    if share not in ("interleaved", "contiguous"):
+        raise ValueError(f"share must be 'interleaved' or 'contiguous', got {share!r}")
+    if pos_in_logits and pos is None:
+        raise ValueError("pos_in_logits=True needs pos")
+    widths = []
+    for t, rows, what in ((logits, e, "logits"), (query, num_dst, "query"), (key, n_src, "key")):
+        if t is not None:
+            if not isinstance(t, Tensor) or t.dim() != 2 or t.size(0) != rows:
+                raise ValueError(f"{what} must be ({rows}, C_f), got {_shape(t)}")
+            widths.append((what, t.size(1)))
+    if pos is not None:
+        if not isinstance(pos, Tensor) or pos.shape != (e, c):
+            raise ValueError(f"pos must be (E={e}, C={c}), got {_shape(pos)}")
+        if pos_in_logits:
+            widths.append(("pos", c))
+    if not widths:
+        raise ValueError("give at least one of logits, query, key (or pos with pos_in_logits)")
+    cf = widths[0][1]
+    for what, w in widths:
+        if w != cf:
+            raise ValueError(f"{what} has {w} score channels but {widths[0][0]} has {cf}")
+    if cf < 1 or c % cf:
+        raise ValueError(f"value channels ({c}) must be a multiple of the score channels ({cf})")
+    if chunk_edges is None:
+        per_edge = (5 * c + 4 * cf) * values.element_size() + 24
+        chunk_edges = max(1024, _CHUNK_BYTES // per_edge)
+    elif isinstance(chunk_edges, bool) or not isinstance(chunk_edges, int) or chunk_edges < 1:
+        raise ValueError(f"chunk_edges must be a positive int, got {chunk_edges!r}")
+    if e == 0:
+        return values.new_zeros(num_dst, c)
+    if not _is_sorted(dst):
+        order = torch.argsort(dst, stable=True)
+        src, dst = src[order], dst[order]
+        logits = logits.index_select(0, order) if logits is not None else None
+        pos = pos.index_select(0, order) if pos is not None else None
+    return _VectorAttention.apply(
+        logits,
+        query,
+        key,
+        values,
+        pos,
+        src,
+        dst,
+        int(num_dst),
+        cf,
+        share,
+        pos_in_logits,
+        chunk_edges,
+    )
+
+
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _long(index: Tensor, what: str) -> Tensor:
+    if not isinstance(index, Tensor) or index.dim() != 1:
+        raise ValueError(f"{what} must be a 1-D index tensor (E,), got {_shape(index)}")
+    if index.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{what} must be int64 (or int32), got {index.dtype}")
+    return index.long()
+
+
+# --------------------------------------------------------------------------------------------
+# per-edge dot products as a sampled dense product
+# --------------------------------------------------------------------------------------------
+
+
+class _EdgeDot(torch.autograd.Function):
+    r"""``s[e, h] = <q[dst_e, h], k[src_e, h]>`` on target-sorted edges as a sampled dense
+    product per head (``torch.sparse.sampled_addmm``); backward is two sparse products,
+    ``dq = S_g k`` and ``dk = S_g^T q``. No ``(E, H, d)`` tensor in either pass."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, ptr: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        ctx.save_for_backward(q, k, ptr, src, dst)
+        return _sampled_products(ptr, src, q, k)  # (E, H)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        q, k, ptr, src, dst = ctx.saved_tensors
+        g = g.contiguous()
+        gq = gk = None
+        if ctx.needs_input_grad[0]:
+            gq = _csr_products(g, k, ptr, src, q.size(0))
+        if ctx.needs_input_grad[1]:
+            perm = torch.argsort(src, stable=True)  # the transposed pattern, source-sorted
+            ptr_t = index_to_ptr(src.index_select(0, perm), k.size(0))
+            gk = _csr_products(g.index_select(0, perm), q, ptr_t, dst.index_select(0, perm),
+                               k.size(0))  # fmt: skip
+        return gq, gk, None, None, None
+
+
+def edge_dot(query: Tensor, key: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    r"""Per-edge, per-head dot products of node queries and keys:
+
+    .. math::
+        s_{e,h} = \langle q_{\mathrm{dst}_e, h},\, k_{\mathrm{src}_e, h} \rangle
+
+    the logits of dot-product attention (Transformer, non-local, embedded Gaussian). On CPU and
+    CUDA it is a sampled dense product (SDDMM) per head on the target-sorted edges, backward two
+    sparse products, so no ``(E, H, d)`` gathered query or key exists in either pass (a
+    gather-multiply-sum makes three). Other devices and :func:`deterministic` mode gather.
+
+    Args:
+        query: ``(N_dst, H, d)``.
+        key: ``(N_src, H, d)``.
+        src, dst: source and target of each edge, ``(E,)``, any order.
+
+    Returns:
+        ``(E, H)`` in the edges' order, differentiable (once) in ``query`` and ``key``.
+    """
+    if query.dim() != 3 or key.dim() != 3 or query.shape[1:] != key.shape[1:]:
+        raise ValueError(
+            f"query (N_dst, H, d) and key (N_src, H, d) must agree, got {tuple(query.shape)} "
+            f"and {tuple(key.shape)}"
+        )
+    sparse_ok = query.device.type in ("cpu", "cuda") and not is_deterministic()
+    if src.numel() == 0 or not sparse_ok or query.size(0) == 0 or key.size(0) == 0:
+        return (query.index_select(0, dst) * key.index_select(0, src)).sum(-1)  # (E, H)
+    key = key.to(query.dtype)
+    if _is_sorted(dst):
+        return _EdgeDot.apply(query, key, index_to_ptr(dst, query.size(0)), src, dst)
+    order = torch.argsort(dst, stable=True)
+    s_dst, s_src = dst.index_select(0, order), src.index_select(0, order)
+    out = _EdgeDot.apply(query, key, index_to_ptr(s_dst, query.size(0)), s_src, s_dst)
+    return out.index_select(0, torch.argsort(order))  # back to the edges' order

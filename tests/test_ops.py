@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch_geometric.utils import softmax as pyg_softmax
@@ -243,6 +245,17 @@ def test_use_torch_scatter_refuses_unknown_modes():
 # weighted_aggregate: the sparse-product message passing step
 
 
+def _random_graph(g, n_src, n_dst, e, sorted_edges):
+    """``e`` random edges; the last target gets none, the first four are one edge repeated."""
+    src = torch.randint(0, n_src, (e,), generator=g)
+    dst = torch.randint(0, n_dst - 1, (e,), generator=g)
+    src[:4], dst[:4] = 2, 1
+    if sorted_edges:
+        order = torch.argsort(dst, stable=True)
+        src, dst = src[order], dst[order]
+    return src, dst
+
+
 def _aggregate_reference(w, v, src, dst, n):
     out = torch.zeros(n, *v.shape[1:], dtype=v.dtype)
     for e in range(src.numel()):  # one edge at a time, independent of any kernel
@@ -254,12 +267,7 @@ def _aggregate_reference(w, v, src, dst, n):
 def test_weighted_aggregate_matches_a_loop_and_its_gradients(sorted_edges):
     g = torch.Generator().manual_seed(3)
     n_src, n_dst, e, h, d = 9, 7, 40, 3, 5
-    src = torch.randint(0, n_src, (e,), generator=g)
-    dst = torch.randint(0, n_dst - 1, (e,), generator=g)  # the last target has no edge
-    src[:4], dst[:4] = 2, 1  # duplicate edges
-    if sorted_edges:
-        order = torch.argsort(dst, stable=True)
-        src, dst = src[order], dst[order]
+    src, dst = _random_graph(g, n_src, n_dst, e, sorted_edges)
     w = torch.rand(e, h, dtype=torch.float64, generator=g, requires_grad=True)
     v = torch.randn(n_src, h, d, dtype=torch.float64, generator=g, requires_grad=True)
     out = ops.weighted_aggregate(w, v, src, dst, n_dst)
@@ -302,3 +310,185 @@ def test_weighted_aggregate_in_deterministic_mode_equals_the_sparse_path():
         again = ops.weighted_aggregate(w, v, src, dst, 25)
     assert torch.equal(slow, again)
     torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# vector_attention: online softmax and aggregation over edge chunks
+
+
+def _vector_reference(v, src, dst, n, logits, query, key, pos, pos_in_logits, share):
+    """Edge-by-edge and target-by-target, with an explicit exp / sum softmax per channel."""
+    e, c = src.numel(), v.size(1)
+    z = torch.stack(
+        [
+            (logits[i] if logits is not None else 0)
+            + (query[dst[i]] if query is not None else 0)
+            + (key[src[i]] if key is not None else 0)
+            + (pos[i] if pos_in_logits else 0)
+            for i in range(e)
+        ]
+    )  # (E, C_f)
+    cf = z.size(1)
+    group = torch.arange(c) % cf if share == "interleaved" else torch.arange(c) // (c // cf)
+    out = torch.zeros(n, c, dtype=v.dtype)
+    for t in range(n):
+        edges = (dst == t).nonzero().flatten().tolist()
+        if not edges:
+            continue
+        zt = z[edges]  # (deg, C_f)
+        w = torch.exp(zt - zt.max(0).values) / torch.exp(zt - zt.max(0).values).sum(0)
+        for row, i in enumerate(edges):
+            msg = v[src[i]] + (pos[i] if pos is not None else 0)  # (C,)
+            out[t] = out[t] + w[row, group] * msg
+    return out
+
+
+@pytest.mark.parametrize(
+    "cf, share, pos_in_logits, chunk",
+    [
+        (2, "interleaved", False, 1),
+        (2, "interleaved", False, 7),
+        (4, "contiguous", False, 5),
+        (8, "interleaved", True, 3),
+        (8, "contiguous", True, 1000),
+        (1, "contiguous", False, 11),
+    ],
+)
+def test_vector_attention_matches_a_loop_and_its_gradients(cf, share, pos_in_logits, chunk):
+    g = torch.Generator().manual_seed(cf + chunk)
+    n_src, n_dst, e, c = 9, 8, 60, 8
+    src = torch.randint(0, n_src, (e,), generator=g)
+    dst = torch.randint(0, n_dst - 1, (e,), generator=g)  # the last target has no edge
+    src[:4], dst[:4] = 2, 1  # duplicate edges
+    dst[dst == 3] = 4  # an empty target between others (a chunk spans it)
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
+
+    v, logits, q, k, pos = t(n_src, c), t(e, cf), t(n_dst, cf), t(n_src, cf), t(e, c)
+    logits.data.mul_(3.0)  # spread the weights
+    args = (v, src, dst, n_dst)
+    out = ops.vector_attention(
+        *args, logits=logits, query=q, key=k, pos=pos, pos_in_logits=pos_in_logits,
+        share=share, chunk_edges=chunk,
+    )  # fmt: skip
+    ref = _vector_reference(*args, logits, q, k, pos, pos_in_logits, share)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    assert torch.equal(out[n_dst - 1], torch.zeros(c, dtype=torch.float64))
+    assert torch.equal(out[3], torch.zeros(c, dtype=torch.float64))
+    gout = torch.randn(n_dst, c, dtype=torch.float64, generator=g)
+    inputs = (v, logits, q, k, pos)
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, gout),
+        torch.autograd.grad(ref, inputs, gout),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    few = slice(0, 12)  # gradcheck on the first 12 edges (its cost grows with E x chunks)
+    assert torch.autograd.gradcheck(
+        lambda *a: ops.vector_attention(
+            a[0],
+            src[few],
+            dst[few],
+            n_dst,
+            logits=a[1],
+            query=a[2],
+            key=a[3],
+            pos=a[4],
+            pos_in_logits=pos_in_logits,
+            share=share,
+            chunk_edges=chunk,
+        ),  # fmt: skip
+        (v, logits[few].detach().requires_grad_(), q, k, pos[few].detach().requires_grad_()),
+    )
+
+
+def test_vector_attention_chunks_do_not_change_float32_results():
+    g = torch.Generator().manual_seed(1)
+    n, e, c, cf = 300, 5000, 16, 4
+    src = torch.randint(0, n, (e,), generator=g)
+    dst = torch.randint(0, n, (e,), generator=g)  # unsorted: sorted inside
+    v, logits = torch.randn(n, c, generator=g), 4 * torch.randn(e, cf, generator=g)
+    pos = torch.randn(e, c, generator=g)
+    whole = ops.vector_attention(v, src, dst, n, logits=logits, pos=pos, chunk_edges=e)
+    ref = _vector_reference(v.double(), src, dst, n, logits.double(), None, None, pos.double(),
+                            False, "interleaved").float()  # fmt: skip
+    torch.testing.assert_close(whole, ref, atol=1e-5, rtol=0)
+    for chunk in (1, 64, 999):
+        part = ops.vector_attention(v, src, dst, n, logits=logits, pos=pos, chunk_edges=chunk)
+        torch.testing.assert_close(part, whole, atol=1e-5, rtol=0)
+
+
+def test_vector_attention_large_logits_stay_finite():
+    # logits of 1e4 overflow exp(); the running max keeps every chunk's exponent <= 0
+    src = torch.tensor([0, 1, 2, 0, 1])
+    dst = torch.tensor([0, 0, 0, 1, 1])
+    logits = torch.tensor([[1e4], [1e4 - 1.0], [-1e4], [5.0], [5.0]], dtype=torch.float64)
+    v = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    out = ops.vector_attention(v, src, dst, 2, logits=logits, chunk_edges=1)
+    w = torch.tensor([1.0, math.exp(-1.0)], dtype=torch.float64)
+    want0 = float((w * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum() / w.sum())
+    torch.testing.assert_close(out[:, 0], torch.tensor([want0, 1.5], dtype=torch.float64))
+
+
+def test_vector_attention_errors():
+    v = torch.randn(5, 8)
+    src, dst = torch.tensor([0, 1]), torch.tensor([0, 0])
+    with pytest.raises(ValueError, match=r"give at least one of logits, query, key"):
+        ops.vector_attention(v, src, dst, 3)
+    with pytest.raises(ValueError, match=r"logits must be \(2, C_f\), got \(3, 2\)"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(3, 2))
+    with pytest.raises(ValueError, match=r"query has 4 score channels but logits has 2"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(2, 2), query=torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"value channels \(8\) must be a multiple of the score"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"pos must be \(E=2, C=8\), got \(2, 4\)"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(2, 2), pos=torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"pos_in_logits=True needs pos"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(2, 2), pos_in_logits=True)
+    with pytest.raises(ValueError, match=r"chunk_edges must be a positive int, got 0"):
+        ops.vector_attention(v, src, dst, 3, logits=torch.randn(2, 2), chunk_edges=0)
+    with pytest.raises(ValueError, match=r"src has 2 edges but dst has 1"):
+        ops.vector_attention(v, src, dst[:1], 3, logits=torch.randn(2, 2))
+    empty = torch.empty(0, dtype=torch.long)
+    out = ops.vector_attention(v, empty, empty, 4, logits=torch.randn(0, 2))
+    assert out.shape == (4, 8) and not out.any()
+
+
+# --------------------------------------------------------------------------------------------
+# edge_dot: per-edge dot products as sampled dense products
+
+
+@pytest.mark.parametrize("sorted_edges", [True, False])
+def test_edge_dot_matches_a_loop_and_its_gradients(sorted_edges):
+    g = torch.Generator().manual_seed(7)
+    n_src, n_dst, e, h, d = 9, 7, 40, 3, 5
+    src, dst = _random_graph(g, n_src, n_dst, e, sorted_edges)
+    q = torch.randn(n_dst, h, d, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(n_src, h, d, dtype=torch.float64, generator=g, requires_grad=True)
+    out = ops.edge_dot(q, k, src, dst)
+    ref = torch.stack([(q[dst[i]] * k[src[i]]).sum(-1) for i in range(e)])  # one edge at a time
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    gout = torch.randn(e, h, dtype=torch.float64, generator=g)
+    for got, want in zip(
+        torch.autograd.grad(out, (q, k), gout),
+        torch.autograd.grad(ref, (q, k), gout),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda a, b: ops.edge_dot(a, b, src, dst), (q, k))
+    with ops.deterministic():  # the gather path
+        torch.testing.assert_close(ops.edge_dot(q, k, src, dst), ref, atol=1e-12, rtol=0)
+
+
+def test_edge_dot_float32_empty_and_errors():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(0, 50, (300,), generator=g)
+    dst = torch.randint(0, 40, (300,), generator=g)
+    q, k = torch.randn(40, 4, 8, generator=g), torch.randn(50, 4, 8, generator=g)
+    ref = (q.double()[dst] * k.double()[src]).sum(-1).float()
+    torch.testing.assert_close(ops.edge_dot(q, k, src, dst), ref, atol=1e-5, rtol=0)
+    empty = torch.empty(0, dtype=torch.long)
+    assert ops.edge_dot(q, k, empty, empty).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"query \(N_dst, H, d\) and key \(N_src, H, d\) must"):
+        ops.edge_dot(q, k[:, :2], src, dst)

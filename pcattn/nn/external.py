@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..checks import check_batch, shape_of
 from ..graphs import slot_graph
+from ..ops import segment_softmax
 from .attention import NodeAttention
 from .image import image_nodes, is_image, to_image
 from .normalize import DoubleNormalize
@@ -97,6 +98,9 @@ class ExternalAttention(nn.Module):
             heads=total_heads,
             bias=False,
         )
+        #: run the node-slot matrix directly (``True``, default: ``N S`` logits, no edge list)
+        #: or message passing on :func:`~pcattn.graphs.slot_graph` (the same numbers)
+        self.dense = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -110,6 +114,21 @@ class ExternalAttention(nn.Module):
         else:
             nn.init.normal_(mk.weight, std=0.001)
             nn.init.normal_(mv.weight, std=0.001)
+
+    def _slots_dense(self, h: Tensor, batch: Tensor | None) -> Tensor:
+        """The same operator on the ``(N, e H, S)`` node-slot matrix: every node meets every
+        slot of its sample, so the edges of :meth:`_graph` are that matrix's entries and the
+        softmax over the queries of a slot is a segment softmax over the nodes of a sample."""
+        sim, val = self.attn.similarity, self.attn.value
+        heads = sim.heads
+        a = sim.memory(h.view(h.size(0), heads, -1))  # (N, e H, S)
+        if batch is None:
+            a = a.softmax(0)  # one sample: over all nodes
+        else:
+            a = segment_softmax(a, batch, int(batch.max()) + 1 if batch.numel() else 0)
+        a = a / (self.attn.normalize.eps + a.sum(-1, keepdim=True))  # L1 over the slots
+        y = a @ val.memory.weight.t()  # (N, e H, d / H)
+        return y.reshape(h.size(0), -1)  # (N, e d)
 
     def _graph(self, n: int, batch: Tensor | None, device: torch.device) -> tuple[Tensor, int]:
         """Slot ``(b, k)`` -> every node of sample ``b``: ``(2, N S)`` target-sorted, and the
@@ -151,10 +170,14 @@ class ExternalAttention(nn.Module):
         if xn.size(0) == 0 and not weights:  # the core cannot view (0, -1)
             return xn.new_zeros(0, self.in_channels)
         h = self.expand(xn) if self.expand is not None else xn  # (N, e d)
-        ei, num_src = self._graph(xn.size(0), batch, xn.device)
         if weights:
+            ei, num_src = self._graph(xn.size(0), batch, xn.device)
             return self.attn.attention_weights((None, h), ei, num_src=num_src)
-        y = self.attn((None, h), ei, num_src=num_src)  # (N, e d)
+        if self.dense:
+            y = self._slots_dense(h, batch)  # (N, e d)
+        else:
+            ei, num_src = self._graph(xn.size(0), batch, xn.device)
+            y = self.attn((None, h), ei, num_src=num_src)  # (N, e d)
         if self.multi_head:
             y = y.view(y.size(0), -1, self.value_bias.numel()) + self.value_bias  # (N, e H, d/H)
             y = self.proj(y.reshape(y.size(0), -1))  # (N, d)

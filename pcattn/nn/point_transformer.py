@@ -161,6 +161,11 @@ class PointTransformerLayer(nn.Module):
                 nn.ReLU(),
                 nn.Linear(cs, cs),
             )
+        if isinstance(attn_nn, nn.Identity) and cs != c:
+            raise ValueError(
+                f"attn_nn=nn.Identity() keeps {c} channels, which needs share_planes=1 "
+                f"(got {share_planes})"
+            )
         sign = 1.0 if pos_order == "key_minus_query" else -1.0  # the layer's rel is p_j - p_i
         similarity = VectorRelation(
             in_channels,
@@ -169,7 +174,9 @@ class PointTransformerLayer(nn.Module):
             relation="subtraction",
             order=order,
             pos="add",
-            mapping=_Checked(attn_nn, cs, "attn_nn"),
+            mapping=attn_nn
+            if isinstance(attn_nn, nn.Identity)
+            else _Checked(attn_nn, cs, "attn_nn"),
             bias=bias,
             share="interleaved",
         )
@@ -208,7 +215,8 @@ class PointTransformerLayer(nn.Module):
     @property
     def gamma(self) -> nn.Module:
         r""":math:`\gamma`, the attention MLP."""
-        return self.attn.similarity.mapping.net
+        mapping = self.attn.similarity.mapping
+        return mapping.net if isinstance(mapping, _Checked) else mapping
 
     def reset_parameters(self) -> None:
         for lin in (self.phi, self.psi, self.alpha):

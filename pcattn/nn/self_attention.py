@@ -11,6 +11,7 @@ from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
 from .base import Edges, Similarity
+from .planner import BACKENDS
 from .similarity import DotProduct
 from .value import IdentityValue, LinearValue
 
@@ -91,13 +92,35 @@ class MultiHeadSelfAttention(nn.Module):
         if self.out_proj.bias is not None:
             nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        r"""Attend over ``edge_index`` and project: ``(N, C_in)`` -> ``(N, C_out)``."""
-        return self.out_proj(self.attention(x, edge_index))  # (N, C_out)
+    def forward(
+        self, x: Tensor, edge_index: Tensor | None = None, *, batch: Tensor | None = None
+    ) -> Tensor:
+        r"""Attend over ``edge_index`` and project: ``(N, C_in)`` -> ``(N, C_out)``.
 
-    def attention_weights(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        r"""``(edge_index, weights (E, H))``: the softmax weight of every edge and head."""
-        return self.attention.attention_weights(x, edge_index)
+        ``edge_index=None`` attends over all pairs within each sample of ``batch`` (default:
+        one sample). All-pairs attention, given that way or as
+        :func:`pcattn.graphs.full_graph`, runs through
+        :func:`torch.nn.functional.scaled_dot_product_attention` when the planner picks it
+        (:attr:`backend`, see :mod:`pcattn.nn.planner`)."""
+        return self.out_proj(self.attention(x, edge_index, batch=batch))  # (N, C_out)
+
+    @property
+    def backend(self) -> str:
+        """``"auto"``, ``"dense"`` or ``"sparse"``: how all-pairs attention runs."""
+        return self.attention.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self.attention.backend = value
+
+    def attention_weights(
+        self, x: Tensor, edge_index: Tensor | None = None, *, batch: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""``(edge_index, weights (E, H))``: the softmax weight of every edge and head
+        (``edge_index=None``: the full graph of ``batch``)."""
+        return self.attention.attention_weights(x, edge_index, batch=batch)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, heads={self.heads}"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import edge_dot
 from .base import Edges, Similarity
 
 __all__ = [
@@ -108,7 +109,7 @@ class DotProduct(Similarity):
 
     def forward(self, x_dst: Tensor, x_src: Tensor, edges: Edges) -> Tensor:
         q, k = self.project(x_dst, x_src)  # (N_dst, H, d), (N_src, H, d)
-        s = (q.index_select(0, edges.dst) * k.index_select(0, edges.src)).sum(-1)  # (E, H)
+        s = edge_dot(q, k, edges.src, edges.dst)  # (E, H), no per-edge q or k
         return s * self.tau if self.tau != 1.0 else s
 
     def extra_repr(self) -> str:
@@ -258,6 +259,23 @@ class VectorRelation(Similarity):
         width = 2 * rel_channels if relation == "concat" else rel_channels
         width += pos_channels if pos == "concat" else 0
         self.mapping = nn.Linear(width, logit_channels) if mapping is None else mapping
+
+    def node_terms(self, x_dst: Tensor, x_src: Tensor) -> tuple[Tensor, Tensor, bool] | None:
+        r"""``(a (N_dst, C_f), b (N_src, C_f), pos_added)`` when the logit is
+        :math:`a_i + b_j (+ \rho_{ij})`: a subtraction or sum with :math:`\gamma` the identity
+        (PyG's ``PointTransformerConv``), which lets the fused path skip the per-edge logits;
+        else ``None``."""
+        if not isinstance(self.mapping, nn.Identity) or self.pos == "concat":
+            return None
+        if self.relation not in ("subtraction", "sum"):
+            return None
+        q, k = self.query(x_dst), self.key(x_src)  # (N_dst, C_rel), (N_src, C_rel)
+        if self.relation == "subtraction":
+            if self.order == "query_minus_key":
+                k = -k
+            else:
+                q = -q
+        return q, k, self.pos == "add"
 
     def forward(self, x_dst: Tensor, x_src: Tensor, edges: Edges) -> Tensor:
         q = self.query(x_dst).index_select(0, edges.dst)  # (E, C_rel)

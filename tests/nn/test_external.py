@@ -3,6 +3,8 @@ multi-head code."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -139,3 +141,26 @@ def test_errors():
 def test_empty_input_gives_empty_output(heads):
     m = ExternalAttention(8, slots=4, heads=heads).double()
     assert m(torch.zeros(0, 8, dtype=DT)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("heads, expansion", [(1, None), (2, 2)])
+def test_node_slot_matrix_equals_message_passing(heads, expansion):
+    # the default path (the (N, e H, S) matrix) against NodeAttention on slot_graph
+    torch.manual_seed(4)
+    layer = ExternalAttention(8, slots=5, heads=heads, expansion=expansion).double()
+    graph = copy.deepcopy(layer)
+    graph.dense = False
+    with torch.no_grad():  # memories larger than the 0.001 init, so the softmax is not flat
+        for p in layer.parameters():
+            p.normal_()
+        graph.load_state_dict(layer.state_dict())
+    batch = torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3])  # sample 1 is empty
+    x = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out, want = layer(x, batch=batch), graph(x2, batch=batch)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-12, rtol=0)
+    for p, q in zip(layer.parameters(), graph.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=0)
