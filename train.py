@@ -8,8 +8,11 @@ r"""Train and evaluate a pcattn model: config -> data -> model -> optimiser -> l
 
 Any config key can be overridden as ``--section.key=value`` (a YAML value, type-checked).
 The run folder (``run.out``) receives ``config.yaml``, ``last.pt`` (every epoch, written
-atomically), ``best.pt``, ``log.csv``, ``curves.png`` and, with ``--save-predictions``,
-``predictions.npz``.
+atomically), ``best.pt``, the newest ``run.keep_checkpoints`` epoch checkpoints in
+``checkpoints/``, ``log.csv``, ``curves.png`` and, with ``--save-predictions``,
+``predictions.npz``. SIGINT / SIGTERM finish the current step, write ``last.pt`` (mid-epoch,
+resumable exactly) and exit with status 128 + the signal number; ``--resume`` falls back to the
+newest readable epoch checkpoint when ``last.pt`` is corrupt.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
+import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -276,6 +282,80 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def keep_history(out: Path, epoch: int, keep: int) -> None:
+    r"""Copy ``last.pt`` of ``epoch`` to ``checkpoints/epoch_XXXX.pt`` (through a temporary file
+    and a rename) and delete all but the newest ``keep`` of them."""
+    if keep <= 0:
+        return
+    folder = out / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"epoch_{epoch + 1:04d}.pt"
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.copyfile(out / "last.pt", tmp)  # a copy, not a link: damage to one spares the other
+    os.replace(tmp, path)
+    for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def load_resume(out: Path) -> tuple[dict, Path]:
+    r"""The checkpoint ``--resume`` continues from: ``last.pt``, or when it cannot be read
+    (truncated, corrupt), the newest readable ``checkpoints/epoch_*.pt``, with a warning."""
+    candidates = [out / "last.pt", *sorted((out / "checkpoints").glob("epoch_*.pt"), reverse=True)]
+    errors = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except (ValueError, FileNotFoundError) as e:
+            errors.append(e)
+            continue
+        for e in errors:
+            print(f"warning: {e}; resuming from {path} instead", file=sys.stderr)
+        return ckpt, path
+    if len(errors) == 1:
+        raise errors[0]
+    raise ValueError("no readable checkpoint to resume from: " + "; ".join(str(e) for e in errors))
+
+
+class StopRequest:
+    r"""SIGINT / SIGTERM ask the loop to stop after the current step (a second signal stops at
+    once). Handlers are installed only in the main thread, and restored on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping at once")
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name} received: stopping after this step and saving a "
+            "checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def requested(self, dist_enabled: bool) -> int | None:
+        """The signal to stop for, agreed by every process (so all stop at the same step)."""
+        if not dist_enabled:
+            return self.signum
+        flag = torch.tensor([float(self.signum or 0)])
+        distributed.all_reduce_sum(flag)
+        return int(flag.item()) if flag.item() else None
+
+
 # --------------------------------------------------------------------------------------------
 # the run
 
@@ -295,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
             config_path = DEFAULT_CONFIG
         cfg = load_config(config_path, overrides)
     if args.resume == "last":
-        ckpt = load_checkpoint(Path(cfg.run.out) / "last.pt")
+        ckpt, ckpt_path = load_resume(Path(cfg.run.out))
 
     want_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
     dist_info = distributed.setup("cuda" if want_cuda else "cpu")
@@ -368,6 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
+    skip, resumed_sums = 0, None  # batches of start_epoch already trained (a mid-epoch stop)
     if args.resume is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -375,8 +456,12 @@ def main(argv: list[str] | None = None) -> dict:
         set_rng_state(ckpt["rng"])
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best, best_epoch = ckpt["best"], ckpt["best_epoch"]
+        if ckpt.get("batch", 0) > 0:  # stopped by a signal inside this epoch
+            start_epoch, skip = ckpt["epoch"], int(ckpt["batch"])
+            resumed_sums = torch.tensor(ckpt["sums"], dtype=torch.float64)
         if main_proc:
-            print(f"resumed from {ckpt_path or out / 'last.pt'} at epoch {start_epoch + 1}")
+            where = f", batch {skip + 1}" if skip else ""
+            print(f"resumed from {ckpt_path} at epoch {start_epoch + 1}{where}")
 
     log = None
     if main_proc:
@@ -393,85 +478,103 @@ def main(argv: list[str] | None = None) -> dict:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     metrics: dict = {}
     t0 = time.time()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if train_aug is not None:
-            train_aug.reseed(cfg.train.seed * 1_000_003 + epoch)
-        loader = make_loader(train_set, cfg, dist_info, train=True, epoch=epoch)
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-            disable=not (main_proc and cfg.run.progress),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for batch in bar:
-            batch = batch.to(device)
-            y, m = targets(batch, info, train=True)
-            autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
-            with autocast:
-                logits = model(batch)
-            logits = logits.float()
-            if m is not None:
-                logits, y = logits[m], y[m]
-            loss = criterion(logits, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
-                    f"checkpoint is {out / 'last.pt'}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            n = y.numel()
-            sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n])
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
-            if cfg.train.max_steps and step >= cfg.train.max_steps:
-                break
-        distributed.all_reduce_sum(sums)
-        metrics = {
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": float(sums[0] / max(sums[2], 1)),
-            "train_acc": float(sums[1] / max(sums[2], 1)),
+
+    def state_dict(epoch: int, batch: int = 0, sums: Tensor | None = None) -> dict:
+        """Everything a resume needs; ``batch > 0`` marks a stop inside ``epoch``."""
+        state = {
+            "model": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step": step,
+            "best": best,
+            "best_epoch": best_epoch,
+            "config": config_to_dict(cfg),
         }
-        last = epoch + 1 == cfg.train.epochs or bool(
-            cfg.train.max_steps and step >= cfg.train.max_steps
-        )
-        if (epoch + 1) % cfg.train.eval_every == 0 or last:
-            val, _ = evaluate(net, val_loader(), info, device, votes=1)
-            metrics.update({f"val_{k}": v for k, v in val.items()})
-        if main_proc:
-            score = metrics.get(f"val_{main_metric(info)}", -math.inf)
-            if score > best:
-                best, best_epoch = score, epoch
-            state = {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "step": step,
-                "best": best,
-                "best_epoch": best_epoch,
-                "config": config_to_dict(cfg),
+        if batch:
+            state.update(batch=batch, sums=sums.tolist())
+        return state
+
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            if train_aug is not None:
+                train_aug.reseed(cfg.train.seed * 1_000_003 + epoch)
+            loader = make_loader(train_set, cfg, dist_info, train=True, epoch=epoch)
+            model.train()
+            sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+            if resumed_sums is not None:
+                sums, resumed_sums = resumed_sums, None
+            bar = tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not (main_proc and cfg.run.progress),
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for i, batch in enumerate(bar):
+                if i < skip:  # trained before a stop: loaded (and augmented) again, not trained
+                    continue
+                batch = batch.to(device)
+                y, m = targets(batch, info, train=True)
+                autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+                with autocast:
+                    logits = model(batch)
+                logits = logits.float()
+                if m is not None:
+                    logits, y = logits[m], y[m]
+                loss = criterion(logits, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last "
+                        f"good checkpoint is {out / 'last.pt'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                n = y.numel()
+                sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n])
+                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
+                signum = stop.requested(dist_info.enabled)
+                if signum is not None:
+                    _stop_run(signum, state_dict(epoch, i + 1, sums), out, main_proc)
+                if cfg.train.max_steps and step >= cfg.train.max_steps:
+                    break
+            skip = 0
+            distributed.all_reduce_sum(sums)
+            metrics = {
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": float(sums[0] / max(sums[2], 1)),
+                "train_acc": float(sums[1] / max(sums[2], 1)),
             }
-            atomic_torch_save(state, out / "last.pt")
-            if best_epoch == epoch:
-                atomic_torch_save(state, out / "best.pt")
-            log.log(epoch + 1, metrics)
-            if "val_loss" in metrics or last:
-                log.plot()
-            print(_format(f"epoch {epoch + 1}/{cfg.train.epochs}", metrics), flush=True)
-        if last:
-            break
+            last = epoch + 1 == cfg.train.epochs or bool(
+                cfg.train.max_steps and step >= cfg.train.max_steps
+            )
+            if (epoch + 1) % cfg.train.eval_every == 0 or last:
+                val, _ = evaluate(net, val_loader(), info, device, votes=1)
+                metrics.update({f"val_{k}": v for k, v in val.items()})
+            if main_proc:
+                score = metrics.get(f"val_{main_metric(info)}", -math.inf)
+                if score > best:
+                    best, best_epoch = score, epoch
+                state = state_dict(epoch)
+                atomic_torch_save(state, out / "last.pt")
+                keep_history(out, epoch, cfg.run.keep_checkpoints)
+                if best_epoch == epoch:
+                    atomic_torch_save(state, out / "best.pt")
+                log.log(epoch + 1, metrics)
+                if "val_loss" in metrics or last:
+                    log.plot()
+                print(_format(f"epoch {epoch + 1}/{cfg.train.epochs}", metrics), flush=True)
+            if last:
+                break
 
     if main_proc:
         minutes = (time.time() - t0) / 60
@@ -490,6 +593,20 @@ def main(argv: list[str] | None = None) -> dict:
                 save_predictions(out / "predictions.npz", kept, info)
     distributed.teardown()
     return metrics
+
+
+def _stop_run(signum: int, state: dict, out: Path, main_proc: bool) -> None:
+    """Write the mid-epoch checkpoint, say how to resume, and exit with 128 + ``signum``."""
+    name = signal.Signals(signum).name
+    if main_proc:
+        atomic_torch_save(state, out / "last.pt")
+        print(
+            f"stopped by {name} at epoch {state['epoch'] + 1}, step {state['step']}; checkpoint "
+            f"{out / 'last.pt'}\nresume with: python train.py --resume {out / 'last.pt'}",
+            flush=True,
+        )
+    distributed.teardown()
+    raise SystemExit(128 + signum)
 
 
 def save_predictions(path: Path, kept: dict, info: DataInfo) -> None:

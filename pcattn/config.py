@@ -174,6 +174,9 @@ class RunConfig:
     tensorboard: str = "auto"
     #: progress bars
     progress: bool = True
+    #: epoch checkpoints kept in ``checkpoints/`` besides ``last.pt`` and ``best.pt`` (the
+    #: newest ones; ``--resume`` falls back to them when ``last.pt`` is unreadable)
+    keep_checkpoints: int = 3
 
 
 @dataclass
@@ -215,6 +218,7 @@ _NON_NEGATIVE = {
     "train.num_workers",
     "train.seed",
     "train.max_steps",
+    "run.keep_checkpoints",
     "optim.weight_decay",
     "optim.momentum",
     "schedule.warmup_epochs",

@@ -45,6 +45,7 @@ __all__ = [
     "replace_self_loops",
     "sort_by_target",
     "to_csr",
+    "available_bytes",
 ]
 
 
@@ -528,6 +529,10 @@ def full_graph(
     Returns:
         ``edge_index (2, sum_b n_b m_b)`` (``n_b (n_b - 1)`` without loops), sorted by target,
         sources ascending.
+
+    Raises:
+        MemoryError: before allocating anything, when the pairs would not fit in the memory
+            available on the device (a 100,000-node cloud has 10^10 pairs).
     """
     batch = _batch_arg(batch)
     target = batch if batch_dst is None else _batch_arg(batch_dst)
@@ -540,6 +545,7 @@ def full_graph(
     counts = torch.bincount(batch, minlength=b)  # (B,) sources per sample
     start = torch.cumsum(counts, 0) - counts  # (B,) first source of each sample
     deg = counts[target]  # (N_dst,) each target sees its whole sample
+    _check_fits(int(deg.sum()), device)
     dst = torch.arange(target.numel(), device=device).repeat_interleave(deg)  # (E,)
     first = torch.cumsum(deg, 0) - deg  # (N_dst,) first edge of each target
     src = start[target][dst] + torch.arange(dst.numel(), device=device) - first[dst]  # (E,)
@@ -547,6 +553,34 @@ def full_graph(
     if not loop:
         edge_index = edge_index[:, src != dst]
     return edge_index
+
+
+_BYTES_PER_PAIR = 32  # full_graph's peak memory per pair (measured at 4,096 nodes; 16 are kept)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on
+    CPU, the free memory of a CUDA device; ``None`` where it cannot be read."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
+    except (OSError, StopIteration, RuntimeError, ValueError):
+        return None
+
+
+def _check_fits(pairs: int, device: torch.device) -> None:
+    """Refuse, before allocating, an edge list of ``pairs`` edges that cannot fit."""
+    need = pairs * _BYTES_PER_PAIR
+    have = available_bytes(device)
+    if have is not None and need > have:
+        raise MemoryError(
+            f"full_graph: {pairs:,} pairs need about {need / 1e9:.1f} GB to build, but "
+            f"{have / 1e9:.1f} GB is available on {device}; for local attention build "
+            "knn_graph / radius_graph instead, and for all-pairs dot-product attention call "
+            "the layer with edge_index=None (its dense path never builds the pairs)"
+        )
 
 
 def slot_graph(batch: Tensor | int, num_slots: int) -> Tensor:

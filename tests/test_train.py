@@ -309,3 +309,140 @@ def test_voting_averages_scaled_copies():
     s2 = 0.8 + 0.45 * torch.rand((), generator=ref_gen)
     base = Probe()(batch)
     torch.testing.assert_close(out, base * (1 + s1 + s2) / 3)
+
+
+# --------------------------------------------------------------------------------------------
+# interruptions: signals, kill -9, damaged checkpoints
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa = torch.load(a, weights_only=True)
+    wb = torch.load(b, weights_only=True)
+    assert wa["step"] == wb["step"]
+    for name, value in wa["model"].items():
+        assert torch.equal(value, wb["model"][name]), name
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    import time
+
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended before {path.name} appeared:\n{out}\n{err}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, how):
+    args = ["--train.epochs=12", "--run.keep_checkpoints=20"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    train.main(_tiny_synthetic(straight, *args))
+    proc = _start(_tiny_synthetic(cut, *args))
+    _wait_for(cut / "checkpoints" / "epoch_0002.pt", proc)
+    proc.send_signal(getattr(__import__("signal"), how))
+    out, err = proc.communicate(timeout=240)
+    if how != "SIGKILL":
+        signum = int(getattr(__import__("signal"), how))
+        assert proc.returncode == 128 + signum, err
+        assert f"{how} received: stopping after this step" in err
+        assert f"resume with: python train.py --resume {cut / 'last.pt'}" in out
+        stopped = torch.load(cut / "last.pt", weights_only=True)
+        # stopped inside an epoch (4 steps each), long before the 48th step
+        assert 8 < stopped["step"] < 48 and stopped["step"] % 4 == stopped["batch"] % 4
+    else:
+        assert proc.returncode == -9
+        assert torch.load(cut / "last.pt", weights_only=True)["step"] < 48
+    train.main(_tiny_synthetic(cut, *args, "--resume"))
+    _same_weights(straight / "last.pt", cut / "last.pt")
+    assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
+
+
+def test_resume_falls_back_past_a_damaged_last_checkpoint(tmp_path, capsys):
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    train.main(_tiny_synthetic(straight, "--train.epochs=4"))
+    train.main(_tiny_synthetic(run, "--train.epochs=4", "--train.max_steps=12"))  # 3 epochs
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])  # truncated
+    capsys.readouterr()
+    train.main(_tiny_synthetic(run, "--train.epochs=4", "--resume"))
+    err = capsys.readouterr().err
+    assert f"warning: cannot read checkpoint {run / 'last.pt'}" in err
+    assert f"resuming from {run / 'checkpoints' / 'epoch_0003.pt'} instead" in err
+    _same_weights(straight / "last.pt", run / "last.pt")
+    # every checkpoint unreadable: one error naming them all
+    for path in [run / "last.pt", *(run / "checkpoints").glob("*.pt")]:
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"no readable checkpoint to resume from: cannot read"):
+        train.main(_tiny_synthetic(run, "--train.epochs=5", "--resume"))
+
+
+def test_only_the_newest_epoch_checkpoints_are_kept(tmp_path):
+    run = tmp_path / "run"
+    train.main(_tiny_synthetic(run, "--train.epochs=5", "--run.keep_checkpoints=2"))
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == ["epoch_0004.pt", "epoch_0005.pt"]
+    assert torch.load(run / "checkpoints" / "epoch_0005.pt", weights_only=True)["epoch"] == 4
+    none = tmp_path / "none"
+    train.main(_tiny_synthetic(none, "--train.epochs=2", "--run.keep_checkpoints=0"))
+    assert not (none / "checkpoints").exists()
+
+
+class _Payload:
+    """Unpickling this would write a file: what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path):
+    marker, evil = tmp_path / "pwned.txt", tmp_path / "evil.pt"
+    torch.save({"model": _Payload(marker)}, evil)
+    for argv in (
+        ["--eval-only", "--checkpoint", str(evil)],
+        _tiny_synthetic(tmp_path / "r", "--resume", str(evil)),
+    ):
+        with pytest.raises(ValueError, match=f"cannot read checkpoint {evil}: UnpicklingError"):
+            train.main(argv)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is real: a full unpickle runs it
+    assert marker.read_text() == "code ran"
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = torch.nn.CrossEntropyLoss
+    calls = {"n": 0}
+
+    class NaNOnSixthStep(real):
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if calls["n"] == 6 else loss
+
+    monkeypatch.setattr(train.nn, "CrossEntropyLoss", NaNOnSixthStep)
+    with pytest.raises(FloatingPointError, match=rf"loss is nan at epoch 2, step 6; the last good "
+                                                 rf"checkpoint is {run / 'last.pt'}"):  # fmt: skip
+        train.main(_tiny_synthetic(run))
+    good = torch.load(run / "last.pt", weights_only=True)
+    assert good["epoch"] == 0 and good["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())

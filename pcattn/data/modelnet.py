@@ -410,14 +410,15 @@ class ModelNet(CachedDataset):
             with h5py.File(path, "r") as h5:
                 for key in ("data", "label"):
                     if not isinstance(h5.get(key), h5py.Dataset):
-                        raise DatasetError(
-                            f"{path}: no {key!r} dataset (found: {', '.join(sorted(h5)) or '-'})"
-                        )
+                        found = ", ".join(sorted(map(str, h5))) or "-"
+                        raise DatasetError(f"{path}: no {key!r} dataset (found: {found})")
                 shape = h5["data"].shape
                 label = np.asarray(h5["label"][()])
                 normal = h5.get("normal")
                 normal_shape = normal.shape if isinstance(normal, h5py.Dataset) else None
-        except OSError as err:
+        except DatasetError:
+            raise
+        except Exception as err:  # HDF5 raises OSError, RuntimeError, KeyError, ... on damage
             raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from None
         if len(shape) != 3 or shape[2] != 3 or shape[1] < 1:
             raise DatasetError(f"{path}: 'data' has shape {shape}, expected (shapes, points, 3)")
@@ -516,9 +517,12 @@ class ModelNet(CachedDataset):
     def _hdf5_arrays(self, path: Path) -> dict[str, np.ndarray]:
         """The arrays of the HDF5 file being parsed (read once per file)."""
         if self._h5 is None or self._h5[0] != path:
-            with h5py.File(path, "r") as h5:
-                arrays = {"data": np.asarray(h5["data"][()], dtype=np.float32)}
-                if self.use_normals and isinstance(h5.get("normal"), h5py.Dataset):
-                    arrays["normal"] = np.asarray(h5["normal"][()], dtype=np.float32)
+            try:
+                with h5py.File(path, "r") as h5:
+                    arrays = {"data": np.asarray(h5["data"][()], dtype=np.float32)}
+                    if self.use_normals and isinstance(h5.get("normal"), h5py.Dataset):
+                        arrays["normal"] = np.asarray(h5["normal"][()], dtype=np.float32)
+            except Exception as err:  # damaged after the check, or the data block itself
+                raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from None
             self._h5 = (path, arrays)
         return self._h5[1]

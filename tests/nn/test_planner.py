@@ -143,3 +143,26 @@ def test_dense_errors_and_fallbacks():
     ei, w = layer.attention_weights(x, None)
     assert ei.shape == (2, 36) and w.shape == (36, 1)
     torch.testing.assert_close(graphs.full_graph(6).float(), ei.float())  # the full graph it built
+
+
+def test_full_graph_too_big_is_refused_before_allocating(monkeypatch):
+    from pcattn import graphs as g
+
+    monkeypatch.setattr(g, "available_bytes", lambda device: 1_000_000)  # 1 MB free
+    msg = (
+        r"full_graph: 1,000,000 pairs need about 0\.0 GB to build, but 0\.0 GB is available on "
+        r"cpu; for local attention build knn_graph / radius_graph instead, and for all-pairs "
+        r"dot-product attention call the layer with edge_index=None"
+    )
+    with pytest.raises(MemoryError, match=msg):
+        g.full_graph(1000)
+    # a layer that must pass messages over all pairs refuses the same way
+    gat = NodeAttention(4, 4, similarity="gat")
+    with pytest.raises(MemoryError, match=r"full_graph: 1,000,000 pairs"):
+        gat(torch.randn(1000, 4), None)
+    # the dense path needs no pairs and runs
+    mhsa = MultiHeadSelfAttention(4, 4, heads=1)
+    assert mhsa(torch.randn(1000, 4)).shape == (1000, 4)
+    assert g.full_graph(10).shape == (2, 100)  # small graphs still fit
+    monkeypatch.undo()
+    assert g.available_bytes(torch.device("cpu")) > 0
