@@ -446,3 +446,14 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
     good = torch.load(run / "last.pt", weights_only=True)
     assert good["epoch"] == 0 and good["step"] == 4
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_a_run_writes_only_inside_its_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run.out, as in the configs
+    top = set(os.listdir(ROOT))
+    args = _tiny_synthetic(Path("runs") / "confined", "--train.epochs=2", "--save-predictions")
+    train.main(args)
+    train.main([*args, "--resume", "--train.epochs=3"])
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written and all(p.parts[:2] == ("runs", "confined") for p in written), written
+    assert set(os.listdir(ROOT)) - top <= {".pytest_cache"}  # nothing new beside the code

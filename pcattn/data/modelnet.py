@@ -369,6 +369,11 @@ class ModelNet(CachedDataset):
             key = line.strip()
             if not key:
                 continue
+            if "/" in key or "\\" in key or key.startswith("."):
+                raise DatasetError(
+                    f"{list_file}:{lineno}: shape id {key!r} is not a plain file name (paths "
+                    f"from a list stay inside {self.root})"
+                )
             cls, sep, _ = key.rpartition("_")
             if not sep or not cls:
                 raise DatasetError(

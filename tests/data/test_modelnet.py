@@ -230,6 +230,10 @@ def test_resampled_errors(tmp_path):
     _write_resampled(root, shapes, train=["chair_0001", "chair"])
     with pytest.raises(DatasetError, match=":2: expected a shape id like 'airplane_0001'"):
         _build(root, cache_dir=tmp_path / "c")
+    for bad in ("chair/../../secret_0001", "../chair_0001", "..\\chair_0001"):
+        _write_resampled(root, shapes, train=["chair_0001", bad])
+        with pytest.raises(DatasetError, match=r":2: shape id .* is not a plain file name"):
+            _build(root, cache_dir=tmp_path / "c")
     _write_resampled(root, shapes, train=["chair_0001"], names=MODELNET40_CLASSES[:39])
     with pytest.raises(DatasetError, match="has 39 class names, ModelNet40 has 40"):
         _build(root, cache_dir=tmp_path / "c")
