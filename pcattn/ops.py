@@ -43,6 +43,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from .checks import shape_of
+
 __all__ = [
     "REDUCTIONS",
     "scatter",
@@ -693,7 +695,7 @@ def vector_attention(
         floating input.
     """
     if not isinstance(values, Tensor) or values.dim() != 2:
-        raise ValueError(f"values must be (N_src, C), got {_shape(values)}")
+        raise ValueError(f"values must be (N_src, C), got {shape_of(values)}")
     n_src, c = values.shape
     src, dst = _long(src, "src"), _long(dst, "dst")
     e = src.numel()
@@ -707,11 +709,11 @@ def vector_attention(
     for t, rows, what in ((logits, e, "logits"), (query, num_dst, "query"), (key, n_src, "key")):
         if t is not None:
             if not isinstance(t, Tensor) or t.dim() != 2 or t.size(0) != rows:
-                raise ValueError(f"{what} must be ({rows}, C_f), got {_shape(t)}")
+                raise ValueError(f"{what} must be ({rows}, C_f), got {shape_of(t)}")
             widths.append((what, t.size(1)))
     if pos is not None:
         if not isinstance(pos, Tensor) or pos.shape != (e, c):
-            raise ValueError(f"pos must be (E={e}, C={c}), got {_shape(pos)}")
+            raise ValueError(f"pos must be (E={e}, C={c}), got {shape_of(pos)}")
         if pos_in_logits:
             widths.append(("pos", c))
     if not widths:
@@ -750,13 +752,9 @@ def vector_attention(
     )
 
 
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
 def _long(index: Tensor, what: str) -> Tensor:
     if not isinstance(index, Tensor) or index.dim() != 1:
-        raise ValueError(f"{what} must be a 1-D index tensor (E,), got {_shape(index)}")
+        raise ValueError(f"{what} must be a 1-D index tensor (E,), got {shape_of(index)}")
     if index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{what} must be int64 (or int32), got {index.dtype}")
     return index.long()
