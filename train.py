@@ -564,12 +564,14 @@ def main(argv: list[str] | None = None) -> dict:
                 score = metrics.get(f"val_{main_metric(info)}", -math.inf)
                 if score > best:
                     best, best_epoch = score, epoch
+                # the log row first: a run killed before the checkpoint below redoes this epoch
+                # and its resumed log replaces the row; the other order could lose the row
+                log.log(epoch + 1, metrics)
                 state = state_dict(epoch)
                 atomic_torch_save(state, out / "last.pt")
                 keep_history(out, epoch, cfg.run.keep_checkpoints)
                 if best_epoch == epoch:
                     atomic_torch_save(state, out / "best.pt")
-                log.log(epoch + 1, metrics)
                 if "val_loss" in metrics or last:
                     log.plot()
                 print(_format(f"epoch {epoch + 1}/{cfg.train.epochs}", metrics), flush=True)
