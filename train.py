@@ -11,8 +11,10 @@ The run folder (``run.out``) receives ``config.yaml``, ``last.pt`` (every epoch,
 atomically), ``best.pt``, the newest ``run.keep_checkpoints`` epoch checkpoints in
 ``checkpoints/``, ``log.csv``, ``curves.png`` and, with ``--save-predictions``,
 ``predictions.npz``. SIGINT / SIGTERM finish the current step, write ``last.pt`` (mid-epoch,
-resumable exactly) and exit with status 128 + the signal number; ``--resume`` falls back to the
-newest readable epoch checkpoint when ``last.pt`` is corrupt.
+resumable exactly) and exit with status 128 + the signal number (one that arrives during
+evaluation stops the run after that epoch's checkpoint; under torchrun every process stops
+after the same step); ``--resume`` falls back to the newest readable epoch checkpoint when
+``last.pt`` is corrupt.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tqdm import tqdm
 
 from pcattn import data as D
 from pcattn import distributed
+from pcattn.checks import positive_int_arg
 from pcattn.config import (
     Config,
     ConfigError,
@@ -76,7 +79,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=None,
         help="checkpoint for --eval-only (its config is used unless --config is given)",
     )
-    p.add_argument("--votes", type=int, default=None, help="test-time augmentations (eval)")
+    p.add_argument("--votes", type=positive_int_arg, default=None, help="test-time augmentations")
     p.add_argument(
         "--save-predictions",
         action="store_true",
@@ -351,9 +354,13 @@ class StopRequest:
         """The signal to stop for, agreed by every process (so all stop at the same step)."""
         if not dist_enabled:
             return self.signum
-        flag = torch.tensor([float(self.signum or 0)])
-        distributed.all_reduce_sum(flag)
-        return int(flag.item()) if flag.item() else None
+        # how many processes got each signal (a sum of the signal numbers would name another
+        # signal when several processes got one); SIGTERM wins over SIGINT
+        got = torch.tensor([float(self.signum == s) for s in (signal.SIGTERM, signal.SIGINT)])
+        distributed.all_reduce_sum(got)
+        if got[0] > 0:
+            return int(signal.SIGTERM)
+        return int(signal.SIGINT) if got[1] > 0 else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +393,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # data
     train_set, val_set, info = build_data(cfg)
+    if info.task == "classification" and cfg.train.batch_size < 2 * dist_info.world:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) must give every process at least 2 "
+            "shapes: the classification head's BatchNorm needs 2 per batch"
+        )
     pos_dim = 2 if cfg.data.name == "digits" else 3
     train_aug = augmentation(cfg, pos_dim) if info.task != "node" else None
     eval_resample = None
@@ -458,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
         best, best_epoch = ckpt["best"], ckpt["best_epoch"]
         if ckpt.get("batch", 0) > 0:  # stopped by a signal inside this epoch
             start_epoch, skip = ckpt["epoch"], int(ckpt["batch"])
-            resumed_sums = torch.tensor(ckpt["sums"], dtype=torch.float64)
+            # the sums of every process, saved reduced: the main process carries them on
+            resumed_sums = torch.tensor(ckpt["sums"], dtype=torch.float64) * float(main_proc)
         if main_proc:
             where = f", batch {skip + 1}" if skip else ""
             print(f"resumed from {ckpt_path} at epoch {start_epoch + 1}{where}")
@@ -544,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
                 signum = stop.requested(dist_info.enabled)
                 if signum is not None:
-                    _stop_run(signum, state_dict(epoch, i + 1, sums), out, main_proc)
+                    total = distributed.all_reduce_sum(sums.clone())  # every process's part
+                    _stop_run(signum, state_dict(epoch, i + 1, total), out, main_proc)
                 if cfg.train.max_steps and step >= cfg.train.max_steps:
                     break
             skip = 0
@@ -577,6 +591,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(_format(f"epoch {epoch + 1}/{cfg.train.epochs}", metrics), flush=True)
             if last:
                 break
+            # a signal during evaluation or the checkpoint: last.pt is this epoch's, stop here
+            signum = stop.requested(dist_info.enabled)
+            if signum is not None:
+                _stop_run(signum, state_dict(epoch), out, main_proc, saved=True)
 
     if main_proc:
         minutes = (time.time() - t0) / 60
@@ -597,11 +615,13 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
-def _stop_run(signum: int, state: dict, out: Path, main_proc: bool) -> None:
-    """Write the mid-epoch checkpoint, say how to resume, and exit with 128 + ``signum``."""
+def _stop_run(signum: int, state: dict, out: Path, main_proc: bool, saved: bool = False) -> None:
+    """Write the checkpoint ``state`` (unless ``saved``: already ``last.pt``), say how to
+    resume, and exit with 128 + ``signum``."""
     name = signal.Signals(signum).name
     if main_proc:
-        atomic_torch_save(state, out / "last.pt")
+        if not saved:
+            atomic_torch_save(state, out / "last.pt")
         print(
             f"stopped by {name} at epoch {state['epoch'] + 1}, step {state['step']}; checkpoint "
             f"{out / 'last.pt'}\nresume with: python train.py --resume {out / 'last.pt'}",
@@ -640,5 +660,5 @@ def _format(prefix: str, metrics: dict) -> str:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, D.DatasetError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -14,7 +14,9 @@ __all__ = [
     "check_positions",
     "check_batch",
     "check_positive_int",
+    "positive_int_arg",
     "check_edge_index_shape",
+    "check_features",
     "batch_sizes",
     "first_descent",
 ]
@@ -43,10 +45,21 @@ def check_positions(pos: object, name: str = "pos") -> Tensor:
     return pos
 
 
-def check_batch(batch: object, num_nodes: int, name: str = "batch", of: str = "pos") -> Tensor:
-    """``batch`` must be a sorted, non-negative integer tensor ``(N,)`` with one entry per node."""
+def check_batch(
+    batch: object,
+    num_nodes: int,
+    name: str = "batch",
+    of: str = "pos",
+    device: torch.device | None = None,
+) -> Tensor:
+    """``batch`` must be a sorted, non-negative integer tensor ``(N,)`` with one entry per node
+    (on ``device`` when given: the device of ``of``)."""
     if not isinstance(batch, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (N,), got {shape_of(batch)}")
+    if device is not None and batch.device != device:
+        raise ValueError(
+            f"{name} is on {batch.device} but {of} is on {device}; they must be on one device"
+        )
     if batch.dim() != 1:
         raise ValueError(f"{name} must be 1-D of shape (N,), got {shape_of(batch)}")
     if batch.dtype == torch.bool or batch.is_floating_point() or batch.is_complex():
@@ -77,8 +90,24 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
-def check_edge_index_shape(edge_index: object, owner: str) -> Tensor:
-    """``edge_index`` must be an integer tensor ``(2, E)``; returns it as int64."""
+def positive_int_arg(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def check_edge_index_shape(
+    edge_index: object, owner: str, device: torch.device | None = None
+) -> Tensor:
+    """``edge_index`` must be an integer tensor ``(2, E)`` (on ``device`` when given); returns
+    it as int64."""
     if (
         not isinstance(edge_index, Tensor)
         or edge_index.dim() != 2
@@ -88,7 +117,33 @@ def check_edge_index_shape(edge_index: object, owner: str) -> Tensor:
         raise ValueError(
             f"{owner}: edge_index must be an int64 tensor (2, E), got {shape_of(edge_index)}"
         )
+    if device is not None and edge_index.device != device:
+        raise ValueError(
+            f"{owner}: edge_index is on {edge_index.device} but x is on {device}; "
+            "they must be on one device"
+        )
     return edge_index.long()
+
+
+def check_features(x: Tensor, module: torch.nn.Module, owner: str, name: str = "x") -> Tensor:
+    """``x`` must be floating point, on the device of ``module``'s parameters and of their
+    dtype (any floating dtype under autocast, which casts for the layer itself)."""
+    if not x.is_floating_point():
+        raise ValueError(f"{owner}: {name} must be a floating-point tensor, got {x.dtype}")
+    p = next(module.parameters(), None)
+    if p is None:
+        return x
+    if x.device != p.device:
+        raise ValueError(
+            f"{owner}: {name} is on {x.device} but the layer's parameters are on {p.device}; "
+            f"move one of them (layer.to({str(x.device)!r}) or {name}.to({str(p.device)!r}))"
+        )
+    if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{owner}: {name} is {x.dtype} but the layer's parameters are {p.dtype}; convert "
+            f"one of them (layer.to({x.dtype}) or {name}.to({p.dtype}))"
+        )
+    return x
 
 
 def batch_sizes(batch: Tensor | None, num_nodes: int, num_graphs: int | None = None) -> Tensor:

@@ -35,7 +35,21 @@ class DataInfo:
 
 
 def build_data(cfg: Config) -> tuple[object, object, DataInfo]:
-    """The training split, the evaluated split, and their :class:`DataInfo`."""
+    """The training split, the evaluated split, and their :class:`DataInfo`.
+
+    Raises:
+        ConfigError: a data option the dataset refuses (the dataset's message, prefixed).
+        DatasetError, FileNotFoundError: a missing or malformed file, named.
+    """
+    try:
+        return _build_data(cfg)
+    except D.DatasetError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"data ({cfg.data.name}): {e}") from None
+
+
+def _build_data(cfg: Config) -> tuple[object, object, DataInfo]:
     c = cfg.data
     root = Path(c.root) if c.root is not None else None
     if c.name == "synthetic":
@@ -100,7 +114,10 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
             f"model {cfg.model.name!r} is for {cls.task}, but data {cfg.data.name!r} is {info.task}"
         )
     extra = {"num_categories": info.num_categories} if info.task == "segmentation" else {}
-    return cls(info.in_channels, info.num_classes, **extra, **cfg.model.options)
+    try:
+        return cls(info.in_channels, info.num_classes, **extra, **cfg.model.options)
+    except ValueError as e:
+        raise ConfigError(f"model {cfg.model.name!r}: {e}") from None
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")

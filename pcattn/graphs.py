@@ -25,6 +25,7 @@ from .checks import (
     check_positions,
     check_positive_int,
     first_descent,
+    shape_of,
 )
 from .ops import index_to_ptr
 from .search import knn_search
@@ -102,7 +103,7 @@ def knn_graph(
     check_positions(pos, "pos")
     k = check_positive_int(k, "k")
     if batch is not None:
-        batch = check_batch(batch, pos.size(0), "batch", "pos")
+        batch = check_batch(batch, pos.size(0), "batch", "pos", pos.device)
     if pos.size(0) == 0:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     counts = batch_sizes(batch, pos.size(0))
@@ -147,8 +148,8 @@ def knn(
     if (batch_x is None) != (batch_y is None):
         raise ValueError("give both batch_x and batch_y, or neither")
     if batch_x is not None:
-        batch_x = check_batch(batch_x, x.size(0), "batch_x", "x")
-        batch_y = check_batch(batch_y, y.size(0), "batch_y", "y")
+        batch_x = check_batch(batch_x, x.size(0), "batch_x", "x", x.device)
+        batch_y = check_batch(batch_y, y.size(0), "batch_y", "y", y.device)
     if y.size(0) == 0:
         return torch.empty(2, 0, dtype=torch.long, device=y.device)
     if batch_x is None:
@@ -198,7 +199,7 @@ def radius_graph(
         raise ValueError(f"r must be a finite number > 0, got {r!r}")
     max_num_neighbors = check_positive_int(max_num_neighbors, "max_num_neighbors")
     if batch is not None:
-        batch = check_batch(batch, pos.size(0), "batch", "pos")
+        batch = check_batch(batch, pos.size(0), "batch", "pos", pos.device)
     if pos.size(0) == 0:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     idx, _ = knn_search(
@@ -248,7 +249,7 @@ def fps(
         raise ValueError(f"method must be 'auto', 'compiled' or 'torch', got {method!r}")
     n_total = pos.size(0)
     if batch is not None:
-        batch = check_batch(batch, n_total, "batch", "pos")
+        batch = check_batch(batch, n_total, "batch", "pos", pos.device)
     if n_total == 0:
         return torch.empty(0, dtype=torch.long, device=pos.device)
     counts = batch_sizes(batch, n_total)  # (B,) on CPU
@@ -623,6 +624,7 @@ def remove_self_loops(
 ) -> tuple[Tensor, Tensor | None]:
     r"""Drop edges :math:`i \to i` (order of the rest kept)."""
     _check_edge_index(edge_index, None)
+    _check_edge_attr(edge_attr, edge_index.size(1))
     keep = edge_index[0] != edge_index[1]
     return edge_index[:, keep], (None if edge_attr is None else edge_attr[keep])
 
@@ -643,6 +645,7 @@ def add_self_loops(
         ``(edge_index, edge_attr)`` with ``E + N`` edges.
     """
     _check_edge_index(edge_index, num_nodes)
+    _check_edge_attr(edge_attr, edge_index.size(1))
     n = _num_nodes(edge_index, num_nodes)
     loops = torch.arange(n, device=edge_index.device)
     ei = torch.cat([edge_index, torch.stack([loops, loops])], 1)
@@ -673,9 +676,11 @@ def replace_self_loops(
     """
     _check_edge_index(edge_index, num_nodes)
     num_nodes = _num_nodes(edge_index, num_nodes)
-    if edge_weight is not None and edge_weight.shape != (edge_index.size(1),):
+    if edge_weight is not None and (
+        not isinstance(edge_weight, Tensor) or edge_weight.shape != (edge_index.size(1),)
+    ):
         raise ValueError(
-            f"edge_weight must have shape ({edge_index.size(1)},), got {tuple(edge_weight.shape)}"
+            f"edge_weight must have shape ({edge_index.size(1)},), got {shape_of(edge_weight)}"
         )
     edge_index = edge_index.long()
     src, dst = edge_index[0], edge_index[1]
@@ -737,13 +742,24 @@ def _num_nodes(edge_index: Tensor, num_nodes: int | None) -> int:
     return int(edge_index.max()) + 1 if edge_index.numel() else 0
 
 
+def _check_edge_attr(edge_attr: object, e: int) -> None:
+    if edge_attr is not None and (
+        not isinstance(edge_attr, Tensor) or edge_attr.dim() < 1 or edge_attr.size(0) != e
+    ):
+        got = shape_of(edge_attr)
+        raise ValueError(f"edge_attr must be a tensor ({e}, ...) or None, got {got}")
+
+
 def _check_edge_index(edge_index: Tensor, num_nodes: int | None) -> None:
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         got = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
         raise ValueError(f"edge_index must be a tensor of shape (2, E), got {got}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"edge_index must be int64, got {edge_index.dtype}")
-    if num_nodes is not None:
+    if num_nodes is None:
+        if edge_index.numel() and int(edge_index.min()) < 0:
+            raise ValueError(f"edge_index holds negative node ids (min {int(edge_index.min())})")
+    else:
         if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
             raise ValueError(f"num_nodes must be an int >= 0, got {num_nodes!r}")
         if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .checks import shape_of
+from .checks import first_descent, shape_of
 
 __all__ = [
     "REDUCTIONS",
@@ -147,6 +147,13 @@ def _ts(src: Tensor, csr: bool):
 
 def index_to_ptr(index: Tensor, num_nodes: int) -> Tensor:
     r"""CSR row pointers ``(num_nodes + 1,)`` of a **sorted** target index ``(E,)``."""
+    i = first_descent(index)
+    if i is not None:
+        raise ValueError(
+            f"index must be sorted ascending, but index[{i}]={int(index[i])} > "
+            f"index[{i + 1}]={int(index[i + 1])}"
+        )
+    _check_range(index, num_nodes, "index")
     counts = torch.bincount(index, minlength=num_nodes)  # (N,)
     ptr = index.new_zeros(num_nodes + 1)
     torch.cumsum(counts, 0, out=ptr[1:])
@@ -165,8 +172,38 @@ def _is_sorted(index: Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# checks (cheap: shapes and dtypes only, never a device sync)
+# checks: shapes and dtypes, and the range of every index (one min / max per index: an
+# out-of-range id would otherwise read or write another node's row, or memory no tensor owns,
+# inside a sparse kernel)
 # --------------------------------------------------------------------------------------------
+
+
+def _check_range(index: Tensor, n: int, what: str) -> None:
+    """Every entry of ``index`` in ``[0, n)``."""
+    if index.numel() == 0:
+        return
+    lo, hi = torch.aminmax(index)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{what} holds ids in [{lo}, {hi}] but there are {n} nodes")
+
+
+def _check_ptr_values(ptr: Tensor, e: int) -> None:
+    """CSR row pointers: ``ptr[0] = 0``, non-decreasing, ``ptr[-1] = E``."""
+    first, last = int(ptr[0]), int(ptr[-1])
+    if first != 0 or last != e:
+        raise ValueError(f"ptr must run from 0 to E={e}, got ptr[0]={first}, ptr[-1]={last}")
+    i = first_descent(ptr)
+    if i is not None:
+        raise ValueError(
+            f"ptr must be non-decreasing, but ptr[{i}]={int(ptr[i])} > ptr[{i + 1}]="
+            f"{int(ptr[i + 1])}"
+        )
+
+
+def _check_scores(src: Tensor) -> None:
+    if not src.is_floating_point():
+        raise ValueError(f"src must hold floating-point scores, got {src.dtype}")
 
 
 def _check_reduce(reduce: str) -> None:
@@ -197,11 +234,14 @@ def _check_ptr(src: Tensor, ptr: Tensor) -> None:
         raise ValueError(f"ptr must be int64 (or int32), got {ptr.dtype}")
 
 
-def _dim_size(index: Tensor, dim_size: int | None) -> int:
+def _dim_size(index: Tensor, dim_size: int | None, name: str = "dim_size") -> int:
     if dim_size is None:
+        if index.numel() and int(index.min()) < 0:
+            raise ValueError(f"index holds negative ids (min {int(index.min())})")
         return int(index.max()) + 1 if index.numel() > 0 else 0
     if dim_size < 0:
-        raise ValueError(f"dim_size must be >= 0, got {dim_size}")
+        raise ValueError(f"{name} must be >= 0, got {dim_size}")
+    _check_range(index, int(dim_size), "index")
     return int(dim_size)
 
 
@@ -311,6 +351,7 @@ def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
     """
     _check_reduce(reduce)
     _check_ptr(src, ptr)
+    _check_ptr_values(ptr, src.size(0))
     if ptr.dtype != torch.int64:
         ptr = ptr.long()
     n = ptr.numel() - 1
@@ -382,7 +423,8 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
         weights with the shape of ``src``. Differentiable (twice) in ``src``.
     """
     _check_index(src, index)
-    n = _dim_size(index, num_nodes)
+    _check_scores(src)
+    n = _dim_size(index, num_nodes, "num_nodes")
     if src.size(0) == 0:
         return src.clone()
     if index.dtype != torch.int64:
@@ -401,6 +443,8 @@ def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
         ptr: row pointers, shape ``(N + 1,)``.
     """
     _check_ptr(src, ptr)
+    _check_scores(src)
+    _check_ptr_values(ptr, src.size(0))
     if src.size(0) == 0:
         return src.clone()
     if ptr.dtype != torch.int64:
@@ -412,6 +456,12 @@ def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # weighted aggregation as a sparse matrix product
 # --------------------------------------------------------------------------------------------
+
+
+def _sparse_ok(t: Tensor) -> bool:
+    """Whether the sparse CSR kernels take ``t``: CPU or CUDA, float32 or float64 (the CPU
+    kernels have no half-precision version, e.g. under bfloat16 autocast)."""
+    return t.device.type in ("cpu", "cuda") and t.dtype in (torch.float32, torch.float64)
 
 
 def _sparse_csr(ptr: Tensor, col: Tensor, values: Tensor, rows: int, cols: int) -> Tensor:
@@ -482,9 +532,9 @@ def weighted_aggregate(
     Transformer, non-local). On CPU and CUDA it runs as sparse-times-dense products (one per
     head) on the target-sorted edges, so no ``(E, H, D)`` message tensor is made in forward or
     backward (measured 3.7x faster than gather-multiply-scatter for 65,536 nodes x 17 edges,
-    4 heads of 16, forward + backward). Unsorted edges are sorted first. Other devices, and
-    :func:`deterministic` mode (whose edge-order sums a sparse library does not promise),
-    gather and scatter.
+    4 heads of 16, forward + backward). Unsorted edges are sorted first. Other devices and
+    dtypes than float32 / float64, and :func:`deterministic` mode (whose edge-order sums a
+    sparse library does not promise), gather and scatter.
 
     Args:
         weights: ``(E, H)``.
@@ -495,10 +545,17 @@ def weighted_aggregate(
     Returns:
         ``(num_dst, H, D)``, differentiable (once) in ``weights`` and ``values``.
     """
+    if not isinstance(weights, Tensor) or weights.dim() != 2:
+        raise ValueError(f"weights must be (E, H), got {shape_of(weights)}")
     e, heads = weights.shape
-    if values.dim() != 3 or values.size(1) != heads:
-        raise ValueError(f"values must be (N_src, H={heads}, D), got {tuple(values.shape)}")
-    sparse_ok = values.device.type in ("cpu", "cuda") and not is_deterministic()
+    if not isinstance(values, Tensor) or values.dim() != 3 or values.size(1) != heads:
+        raise ValueError(f"values must be (N_src, H={heads}, D), got {shape_of(values)}")
+    src, dst = _long(src, "src"), _long(dst, "dst")
+    if src.numel() != e or dst.numel() != e:
+        raise ValueError(f"weights has {e} edges but src has {src.numel()}, dst {dst.numel()}")
+    _check_range(src, values.size(0), "src")
+    _check_range(dst, num_dst, "dst")
+    sparse_ok = _sparse_ok(values) and not is_deterministic()
     if e == 0 or values.size(0) == 0 or not sparse_ok:
         msg = values.index_select(0, src) * weights[..., None]  # (E, H, D)
         return scatter(msg, dst, num_dst)
@@ -577,7 +634,7 @@ class _VectorAttention(torch.autograd.Function):
             ).index_add_(0, local, msg)
             m[r0:r1] = m_new
             del z, p, msg
-        has = s > 0
+        has = s != 0  # a target with edges has s >= 1; NaN (a NaN input) must stay NaN
         out = torch.where(_spread(has, c, share), acc / _spread(s.clamp_min(1e-38), c, share), 0)
         lse = torch.where(has, m + s.clamp_min(1e-38).log(), 0.0)  # (N_dst, Cf)
         ctx.save_for_backward(logits, query, key, values, pos, src, dst, lse, out)
@@ -701,6 +758,8 @@ def vector_attention(
     e = src.numel()
     if dst.numel() != e:
         raise ValueError(f"src has {e} edges but dst has {dst.numel()}")
+    _check_range(src, n_src, "src")
+    _check_range(dst, num_dst, "dst")
     if share not in ("interleaved", "contiguous"):
         raise ValueError(f"share must be 'interleaved' or 'contiguous', got {share!r}")
     if pos_in_logits and pos is None:
@@ -799,7 +858,8 @@ def edge_dot(query: Tensor, key: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     the logits of dot-product attention (Transformer, non-local, embedded Gaussian). On CPU and
     CUDA it is a sampled dense product (SDDMM) per head on the target-sorted edges, backward two
     sparse products, so no ``(E, H, d)`` gathered query or key exists in either pass (a
-    gather-multiply-sum makes three). Other devices and :func:`deterministic` mode gather.
+    gather-multiply-sum makes three). Other devices and dtypes than float32 / float64, and
+    :func:`deterministic` mode, gather.
 
     Args:
         query: ``(N_dst, H, d)``.
@@ -814,7 +874,12 @@ def edge_dot(query: Tensor, key: Tensor, src: Tensor, dst: Tensor) -> Tensor:
             f"query (N_dst, H, d) and key (N_src, H, d) must agree, got {tuple(query.shape)} "
             f"and {tuple(key.shape)}"
         )
-    sparse_ok = query.device.type in ("cpu", "cuda") and not is_deterministic()
+    src, dst = _long(src, "src"), _long(dst, "dst")
+    if src.numel() != dst.numel():
+        raise ValueError(f"src has {src.numel()} edges but dst has {dst.numel()}")
+    _check_range(src, key.size(0), "src")
+    _check_range(dst, query.size(0), "dst")
+    sparse_ok = _sparse_ok(query) and not is_deterministic()
     if src.numel() == 0 or not sparse_ok or query.size(0) == 0 or key.size(0) == 0:
         return (query.index_select(0, dst) * key.index_select(0, src)).sum(-1)  # (E, H)
     key = key.to(query.dtype)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checks import positive_int_arg
 from .ply import read_ply, write_ply
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "capture_attention",
     "check_renderer",
     "label_colors",
+    "load_predictions",
     "nearest_point",
     "query_weights",
     "read_ply",
@@ -560,18 +562,73 @@ def render_attention(
 # command line
 
 
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    r"""Read and check a ``predictions.npz`` written by ``train.py --save-predictions`` (data
+    only: no pickled objects).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file: not an ``.npz``, a missing array, offsets that do not
+            cover the points, or a label or category outside its names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zip, header and pickle refusals all mean: not our file
+        raise ValueError(
+            f"{path}: not a readable predictions .npz ({type(e).__name__}: {e})"
+        ) from None
+    missing = [
+        k for k in ("pos", "ptr", "pred", "target", "class_names", "task") if k not in arrays
+    ]
+    if missing:
+        raise ValueError(
+            f"{path}: missing arrays {missing}; write it with train.py --save-predictions"
+        )
+    task = str(arrays["task"])
+    pos, ptr, pred, target = (arrays[k] for k in ("pos", "ptr", "pred", "target"))
+    if pos.ndim != 2 or not np.issubdtype(pos.dtype, np.floating) or not np.isfinite(pos).all():
+        raise ValueError(f"{path}: pos must be finite floats (P, D), got {pos.shape} {pos.dtype}")
+    if (
+        ptr.ndim != 1
+        or ptr.size < 1
+        or ptr[0] != 0
+        or ptr[-1] != len(pos)
+        or (np.diff(ptr) < 0).any()
+    ):
+        raise ValueError(f"{path}: ptr must rise from 0 to the {len(pos)} points")
+    rows = len(ptr) - 1 if task == "classification" else len(pos)
+    for name, labels in (("pred", pred), ("target", target)):
+        if labels.shape != (rows,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: {name} must be {rows} integer labels, got {labels.shape}")
+        if rows and not (0 <= labels.min() and labels.max() < len(arrays["class_names"])):
+            raise ValueError(
+                f"{path}: {name} holds labels in [{labels.min()}, {labels.max()}] but there are "
+                f"{len(arrays['class_names'])} class names"
+            )
+    if "category" in arrays:
+        cat = arrays["category"]
+        n_cat = len(arrays.get("category_names", ()))
+        if cat.shape != (len(ptr) - 1,) or (cat.size and not 0 <= cat.min() <= cat.max() < n_cat):
+            raise ValueError(f"{path}: category must be one index < {n_cat} per shape")
+    return arrays
+
+
 def _predictions(args) -> None:
-    z = np.load(args.file, allow_pickle=False)
+    z = load_predictions(args.file)
     task = str(z["task"])
     if task == "classification":
-        raise SystemExit(f"{args.file} holds per-shape predictions; nothing to colour per point")
+        raise ValueError(f"{args.file} holds per-shape predictions; nothing to colour per point")
     names = [str(n) for n in z["class_names"]]
     ptr, out = z["ptr"], Path(args.out)
     shown = min(len(ptr) - 1, args.max)
     for b in range(shown):
         lo, hi = int(ptr[b]), int(ptr[b + 1])
         title = f"#{b}"
-        if "category" in z.files:
+        if "category" in z:
             title = f"#{b} {z['category_names'][z['category'][b]]}"
         render_comparison(
             z["pos"][lo:hi],
@@ -631,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
     a = sub.add_parser("predictions", help="render train.py --save-predictions output")
     a.add_argument("file", type=Path, help="predictions.npz")
     a.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    a.add_argument("--max", type=int, default=16, help="render at most this many shapes")
+    a.add_argument("--max", type=positive_int_arg, default=16, help="render at most this many")
     a.add_argument("--view", default="iso")
     b = sub.add_parser("shape", help="render ShapeNetPart shapes coloured by part")
     b.add_argument("root", type=Path, help="a ShapeNetPart folder")
@@ -650,7 +707,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--view", default="iso")
     c.add_argument("--override", nargs="*", default=[], help="config overrides section.key=v")
     args = p.parse_args(argv)
-    {"predictions": _predictions, "shape": _shape, "attention": _attention}[args.command](args)
+    command = {"predictions": _predictions, "shape": _shape, "attention": _attention}
+    try:
+        command[args.command](args)
+    except (ValueError, FileNotFoundError, IndexError) as e:  # ConfigError, DatasetError too
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -323,8 +323,8 @@ def _same_weights(a: Path, b: Path) -> None:
         assert torch.equal(value, wb["model"][name]), name
 
 
-def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _start(args: list[str], **env_vars: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=ROOT,
@@ -364,12 +364,99 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, how):
         assert f"{how} received: stopping after this step" in err
         assert f"resume with: python train.py --resume {cut / 'last.pt'}" in out
         stopped = torch.load(cut / "last.pt", weights_only=True)
-        # stopped inside an epoch (4 steps each), long before the 48th step
-        assert 8 < stopped["step"] < 48 and stopped["step"] % 4 == stopped["batch"] % 4
+        # stopped long before the 48th step: inside an epoch (4 steps each), or at the end of
+        # epoch 2 when the signal came before that epoch's last check
+        assert 8 <= stopped["step"] < 48
+        if "batch" in stopped:
+            assert stopped["step"] % 4 == stopped["batch"] % 4
+        else:
+            assert stopped["step"] % 4 == 0
     else:
         assert proc.returncode == -9
         assert torch.load(cut / "last.pt", weights_only=True)["step"] < 48
     train.main(_tiny_synthetic(cut, *args, "--resume"))
+    _same_weights(straight / "last.pt", cut / "last.pt")
+    assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
+
+
+def test_a_signal_during_evaluation_stops_after_the_epoch_checkpoint(tmp_path, monkeypatch):
+    # SIGTERM while epoch 2 is being evaluated: the epoch finishes (log row, checkpoint), the
+    # run stops there with 143 instead of training another step, and resumes exactly
+    import signal
+
+    args = ["--train.epochs=4"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    train.main(_tiny_synthetic(straight, *args))
+    calls = []
+    evaluate = train.evaluate
+
+    def signalling_evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", signalling_evaluate)
+    with pytest.raises(SystemExit) as stop:
+        train.main(_tiny_synthetic(cut, *args))
+    assert stop.value.code == 143
+    saved = torch.load(cut / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and "batch" not in saved  # the end of epoch 2, not mid-epoch
+    assert len(_read_log(cut / "log.csv")) == 2
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    train.main(_tiny_synthetic(cut, *args, "--resume"))
+    _same_weights(straight / "last.pt", cut / "last.pt")
+    assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(args: list[str]) -> list[subprocess.Popen]:
+    """``train.py`` as ranks 0 and 1 of a gloo group, as ``torchrun --nproc_per_node=2``
+    would start them (started directly, so a signal can reach one rank alone)."""
+    port = str(_free_port())
+    group = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    return [_start(args, **group, RANK=str(r), LOCAL_RANK=str(r)) for r in range(2)]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        results.append((p.returncode, out, err))
+    return results
+
+
+@pytest.mark.parametrize("signalled", [(1,), (0, 1)], ids=["one rank", "both ranks"])
+def test_sigterm_under_two_processes_stops_both_at_one_step_and_resumes_exactly(
+    tmp_path, signalled
+):
+    # one rank (a preempted node) or both (torchrun forwarding SIGTERM) get the signal; both
+    # must stop after the same step (else one hangs in its next all-reduce) with status 143,
+    # one checkpoint is written, and the resumed pair ends where an uninterrupted pair does
+    args = ["--train.epochs=8", "--run.keep_checkpoints=20"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    for code, _, err in _finish(_two_processes(_tiny_synthetic(straight, *args))):
+        assert code == 0, err
+    procs = _two_processes(_tiny_synthetic(cut, *args))
+    _wait_for(cut / "checkpoints" / "epoch_0002.pt", procs[0])
+    for rank in signalled:
+        procs[rank].send_signal(__import__("signal").SIGTERM)
+    (code0, out0, err0), (code1, _, err1) = _finish(procs)
+    assert (code0, code1) == (143, 143), err0 + err1
+    assert ("SIGTERM received: stopping after this step" in err0) == (0 in signalled)
+    assert "SIGTERM received: stopping after this step" in err1
+    assert f"resume with: python train.py --resume {cut / 'last.pt'}" in out0
+    stopped = torch.load(cut / "last.pt", weights_only=True)
+    assert 8 <= stopped["step"] < 32  # mid-epoch, or at an epoch's end (no "batch")
+    for code, _, err in _finish(_two_processes(_tiny_synthetic(cut, *args, "--resume"))):
+        assert code == 0, err
     _same_weights(straight / "last.pt", cut / "last.pt")
     assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
 

@@ -217,7 +217,8 @@ def test_show_without_a_display_renders_and_says_so(renderer, monkeypatch, tmp_p
     assert f"no display: rendered to {out}" in capsys.readouterr().err
 
 
-def test_predictions_command(renderer, tmp_path):
+def test_predictions_command(renderer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray relative write would land here
     rng = np.random.default_rng(0)
     pos = rng.normal(size=(150, 3)).astype(np.float32)
     target = rng.integers(0, 4, 150)
@@ -239,6 +240,7 @@ def test_predictions_command(renderer, tmp_path):
         "shape_0000.png",
         "shape_0001.png",
     ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["png", "predictions.npz"]  # only --out
 
 
 def test_shape_command_renders_a_real_sample(renderer, data_root, tmp_path, monkeypatch):

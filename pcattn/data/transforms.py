@@ -103,6 +103,12 @@ def _num_points(data: Data, who: str) -> int:
             f"{who}: data.x has shape {tuple(x.shape)} but data.pos has {n} rows; x must hold "
             "one row per point"
         )
+    y = data.get("y")
+    if "category" in data and isinstance(y, Tensor) and (y.dim() == 0 or y.size(0) != n):
+        raise ValueError(
+            f"{who}: data.y has shape {tuple(y.shape)} but data.pos has {n} rows; with a "
+            "category, y holds one part label per point"
+        )
     return n
 
 

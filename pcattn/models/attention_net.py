@@ -70,6 +70,8 @@ class _Encoder(nn.Module):
             )
         if any(b < 0 for b in blocks):
             raise ValueError(f"blocks must be >= 0, got {list(blocks)}")
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
+            raise ValueError(f"channels must be ints >= 1, got {list(channels)}")
         ops = _stage_operators(operators, len(channels))
         self.k, self.in_channels = k, in_channels
         self.stem = mlp([options.pos_dim + in_channels, channels[0]])

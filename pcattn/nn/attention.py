@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_batch, check_edge_index_shape, check_positions, shape_of
+from ..checks import (
+    check_batch,
+    check_edge_index_shape,
+    check_features,
+    check_positions,
+    shape_of,
+)
 from ..graphs import full_graph
 from ..ops import scatter, vector_attention, weighted_aggregate
 from .base import Edges, Normalizer, Similarity, ValueTransform, share_channels
@@ -327,13 +333,13 @@ class NodeAttention(nn.Module):
             n = x_dst.size(0)
             if batch is None:
                 return None, torch.tensor([n], device=x_dst.device) if n else None
-            counts = torch.bincount(check_batch(batch, n, "batch", "x"))  # (B,)
+            counts = torch.bincount(check_batch(batch, n, "batch", "x", x_dst.device))  # (B,)
             return None, counts[counts > 0] if n else None
         if batch is not None:
             raise ValueError(f"{name}: batch is only used with edge_index=None")
         if need_weights or self.backend == "sparse" or not self._dense_supported(x):
             return edge_index, None
-        edge_index = check_edge_index_shape(edge_index, name)
+        edge_index = check_edge_index_shape(edge_index, name, x_dst.device)
         return edge_index, all_pairs_sizes(edge_index, x_dst.size(0))
 
     def _dense_supported(self, x: Pair) -> bool:
@@ -480,6 +486,7 @@ class NodeAttention(nn.Module):
         )
         if x_dst.size(1) != c_dst:
             raise ValueError(f"{name}: x has {x_dst.size(1)} channels, in_channels is {c_dst}")
+        check_features(x_dst, self, name)
         if x_src is None:
             if num_src is None:
                 raise ValueError(f"{name}: x_src is None, so num_src must be given")
@@ -488,6 +495,7 @@ class NodeAttention(nn.Module):
             raise ValueError(f"{name}: x_src must be a tensor (N_src, C), got {shape_of(x_src)}")
         if x_src.size(1) != c_src:
             raise ValueError(f"{name}: x_src has {x_src.size(1)} channels, in_channels is {c_src}")
+        check_features(x_src, self, name, "x_src")
         return x_src.size(0)
 
     def _edges(
@@ -503,7 +511,7 @@ class NodeAttention(nn.Module):
         name = type(self).__name__
         num_src = self._nodes(x_src, x_dst, num_src)
         num_dst = x_dst.size(0)
-        edge_index = check_edge_index_shape(edge_index, name)
+        edge_index = check_edge_index_shape(edge_index, name, x_dst.device)
         src, dst = edge_index[0], edge_index[1]
         if src.numel():
             for row, n, what in ((src, num_src, "source"), (dst, num_dst, "target")):

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch, shape_of
+from ..checks import check_batch, check_features, shape_of
 from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import ImageNodes, image_nodes, is_image, to_image
+from .image import ImageNodes, check_image, is_image, to_image, validate_image
 from .normalize import Softmax
 from .similarity import DotProduct
 from .value import IdentityValue, LinearValue
@@ -41,21 +41,18 @@ def _nodes(
     and the image layout (``None`` for nodes)."""
     name = type(module).__name__
     if is_image(x):
-        if x.size(1) != in_channels:
-            raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")
-        if batch is not None:
-            raise ValueError(f"{name}: batch is not used with an image (B, C, H, W)")
-        nodes = image_nodes(x)
+        nodes = check_image(x, in_channels, module, batch=batch)
         return nodes.x, nodes.batch, nodes.batch_size, nodes
     if not isinstance(x, Tensor) or x.dim() != 2:
         got = shape_of(x)
         raise ValueError(f"{name}: x must be (N, C) or an image (B, C, H, W), got {got}")
     if x.size(1) != in_channels:
         raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")
+    check_features(x, module, name)
     if batch is None:
         batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
     else:
-        batch = check_batch(batch, x.size(0), "batch", "x")
+        batch = check_batch(batch, x.size(0), "batch", "x", x.device)
     b = int(batch.max()) + 1 if batch.numel() else 0
     return x, batch, b, None
 
@@ -344,14 +341,7 @@ class ChannelAttention(nn.Module):
         """Channel nodes ``(B C, n)`` and what is needed to map them back."""
         c = self.in_channels
         if is_image(x):
-            if x.size(1) != c:
-                raise ValueError(
-                    f"{type(self).__name__}: x has {x.size(1)} channels, in_channels is {c}"
-                )
-            if batch is not None:
-                raise ValueError(
-                    f"{type(self).__name__}: batch is not used with an image (B, C, H, W)"
-                )
+            validate_image(x, c, self, batch=batch)
             return x.reshape(x.size(0) * c, -1), (True, None, None)  # (B C, H W)
         xn, batch, b, _ = _nodes(self, x, batch, c)
         counts = torch.bincount(batch, minlength=b)  # (B,)

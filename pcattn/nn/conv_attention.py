@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_positive_int
+from ..checks import check_positive_int, shape_of
 from ..graphs import full_graph, grid_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import image_nodes, is_image, to_image
+from .image import check_image, image_nodes, is_image, to_image
 from .similarity import EdgeWeight, RelativeQuadratic
 from .value import LinearValue, OffsetValue
 
@@ -37,6 +37,13 @@ def _odd(v: int | tuple[int, int], name: str) -> tuple[int, int]:
     if k[0] % 2 == 0 or k[1] % 2 == 0:
         raise ValueError(f"{name} must be odd, got {v!r}")
     return k
+
+
+def _needs_edges(layer: nn.Module, x: object) -> ValueError:
+    return ValueError(
+        f"{type(layer).__name__}: edge_index is required for nodes x (N, C); x must be an "
+        f"image (B, C, H, W) otherwise, got {shape_of(x)}"
+    )
 
 
 def _check_conv2d(conv: nn.Module, what: str, *, square: bool, dilation: bool) -> None:
@@ -161,7 +168,7 @@ class GridConv(nn.Module):
         r"""Convolve an image ``(B, C, H, W)``, or nodes ``(N, C)`` over ``edge_index`` with
         per-edge offsets ``rel_pos`` (or integer ``pos``)."""
         if is_image(x):
-            nodes = image_nodes(x)
+            nodes = check_image(x, self.in_channels, self)
             ei, off = grid_graph(
                 nodes.height,
                 nodes.width,
@@ -173,7 +180,7 @@ class GridConv(nn.Module):
             )
             return to_image(self.attention(nodes.x, ei, rel_pos=off), nodes)
         if edge_index is None:
-            raise ValueError("edge_index is required for nodes x (N, C)")
+            raise _needs_edges(self, x)
         return self.attention(x, edge_index, pos, rel_pos=rel_pos)
 
     def extra_repr(self) -> str:
@@ -323,7 +330,7 @@ class ConvAttention(nn.Module):
         if is_image(x):
             return self._image(x)[0]
         if edge_index is None:
-            raise ValueError("edge_index is required for nodes x (N, C)")
+            raise _needs_edges(self, x)
         return self.out_proj(self.attention(x, edge_index, pos, rel_pos=rel_pos))
 
     def attention_weights(
@@ -339,12 +346,12 @@ class ConvAttention(nn.Module):
         if is_image(x):
             return self._image(x, weights=True)
         if edge_index is None:
-            raise ValueError("edge_index is required for nodes x (N, C)")
+            raise _needs_edges(self, x)
         return self.attention.attention_weights(x, edge_index, pos, rel_pos=rel_pos)
 
     def _image(self, img: Tensor, weights: bool = False) -> tuple[Tensor, ...]:
         p = self.kernel_size // 2 if self.padding == "zeros" else 0
-        dst = image_nodes(img)
+        dst = check_image(img, self.in_channels, self)
         src = image_nodes(F.pad(img, (p, p, p, p)))  # (B, C, H+2P, W+2P) as nodes
         ei = full_graph(src.batch, batch_dst=dst.batch)  # padded pixels -> pixels, per image
         pos = (src.pos, dst.pos + p)  # padded-grid coordinates of sources and targets
@@ -502,7 +509,7 @@ class LocalSelfAttention(nn.Module):
         if is_image(x):
             return self._image(x)[0]
         if edge_index is None:
-            raise ValueError("edge_index is required for nodes x (N, C)")
+            raise _needs_edges(self, x)
         return self.attention(x, edge_index, pos, rel_pos=rel_pos)
 
     def attention_weights(
@@ -519,11 +526,11 @@ class LocalSelfAttention(nn.Module):
         if is_image(x):
             return self._image(x, weights=True)
         if edge_index is None:
-            raise ValueError("edge_index is required for nodes x (N, C)")
+            raise _needs_edges(self, x)
         return self.attention.attention_weights(x, edge_index, pos, rel_pos=rel_pos)
 
     def _image(self, img: Tensor, weights: bool = False) -> tuple[Tensor, ...]:
-        nodes = image_nodes(img)
+        nodes = check_image(img, self.in_channels, self)
         ei, off = grid_graph(
             nodes.height,
             nodes.width,

@@ -127,10 +127,10 @@ class CrissCrossAttention(nn.Module):
         return x
 
     def _image(self, x: Tensor, edge_index: Tensor | None) -> ImageNodes:
-        return check_image(x, self.in_channels, type(self).__name__, edge_index=edge_index)
+        return check_image(x, self.in_channels, self, edge_index=edge_index)
 
     def _check_nodes(self, x: Tensor, edge_index: Tensor | None) -> None:
-        check_nodes(x, self.in_channels, type(self).__name__)
+        check_nodes(x, self.in_channels, self)
         if edge_index is None:
             raise ValueError(
                 f"{type(self).__name__}: edge_index is required for node features (N, C)"

@@ -180,10 +180,10 @@ class DoubleAttention(nn.Module):
         return x + self.reconstruct(z), down, up, g, virt  # (N, C)
 
     def _image(self, x: Tensor, batch: Tensor | None) -> ImageNodes:
-        return check_image(x, self.in_channels, type(self).__name__, batch=batch)
+        return check_image(x, self.in_channels, self, batch=batch)
 
     def _check_nodes(self, x: Tensor, batch: Tensor | None) -> Tensor:
-        return node_batch(check_nodes(x, self.in_channels, type(self).__name__), batch)
+        return node_batch(check_nodes(x, self.in_channels, self), batch)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, c_m={self.c_m}, c_n={self.c_n}"

@@ -191,10 +191,10 @@ class EMAttention(nn.Module):
         self.bases.mul_(1.0 - self.momentum).add_(self.momentum * mean.t().to(self.bases.dtype))
 
     def _image(self, x: Tensor, batch: Tensor | None) -> ImageNodes:
-        return check_image(x, self.in_channels, type(self).__name__, batch=batch)
+        return check_image(x, self.in_channels, self, batch=batch)
 
     def _check_nodes(self, x: Tensor, batch: Tensor | None) -> Tensor:
-        return node_batch(check_nodes(x, self.in_channels, type(self).__name__), batch)
+        return node_batch(check_nodes(x, self.in_channels, self), batch)
 
     def extra_repr(self) -> str:
         return (

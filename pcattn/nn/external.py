@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch, shape_of
+from ..checks import check_batch, check_features, shape_of
 from ..graphs import slot_graph
 from ..ops import segment_softmax
 from .attention import NodeAttention
-from .image import image_nodes, is_image, to_image
+from .image import check_image, is_image, to_image
 from .normalize import DoubleNormalize
 from .similarity import MemoryKeys
 from .value import SlotValue
@@ -147,22 +147,16 @@ class ExternalAttention(nn.Module):
             raise ValueError(
                 f"{name}: x has {x.size(1)} channels, in_channels is {self.in_channels}"
             )
+        check_features(x, self, name)
         if batch is not None:
-            batch = check_batch(batch, x.size(0), "batch", "x")
+            batch = check_batch(batch, x.size(0), "batch", "x", x.device)
         return x, batch
 
     def _run(
         self, x: Tensor, batch: Tensor | None, weights: bool
     ) -> Tensor | tuple[Tensor, Tensor]:
         if is_image(x):
-            if x.size(1) != self.in_channels:
-                raise ValueError(
-                    f"{type(self).__name__}: x has {x.size(1)} channels, "
-                    f"in_channels is {self.in_channels}"
-                )
-            if batch is not None:
-                raise ValueError(f"{type(self).__name__}: batch is not used with an image")
-            nodes = image_nodes(x)
+            nodes = check_image(x, self.in_channels, self, batch=batch)
             xn, batch = nodes.x, nodes.batch
         else:
             nodes = None

@@ -11,7 +11,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..checks import check_edge_index_shape, shape_of
+from ..checks import check_edge_index_shape, check_features, shape_of
 from ..graphs import replace_self_loops
 from .attention import NodeAttention
 from .normalize import NoNormalize, SymmetricDegree
@@ -27,13 +27,15 @@ def _glorot(t: Tensor) -> None:
     nn.init.uniform_(t, -bound, bound)
 
 
-def _check_graph(name: str, x: object, edge_index: object, in_channels: int) -> int:
+def _check_graph(layer: nn.Module, x: object, edge_index: object, in_channels: int) -> int:
     """Validate ``x (N, C_in)`` and ``edge_index (2, E)`` with ids in ``[0, N)``; return ``N``."""
+    name = type(layer).__name__
     if not isinstance(x, Tensor) or x.dim() != 2:
         raise ValueError(f"{name}: x must be a tensor (N, C), got {shape_of(x)}")
     if x.size(1) != in_channels:
         raise ValueError(f"{name}: x has {x.size(1)} channels, in_channels is {in_channels}")
-    check_edge_index_shape(edge_index, name)
+    check_features(x, layer, name)
+    check_edge_index_shape(edge_index, name, x.device)
     n = x.size(0)
     if edge_index.numel():
         lo, hi = int(edge_index.min()), int(edge_index.max())
@@ -127,7 +129,7 @@ class GCNLayer(nn.Module):
     def _graph(
         self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        n = _check_graph(type(self).__name__, x, edge_index, self.in_channels)
+        n = _check_graph(self, x, edge_index, self.in_channels)
         if edge_weight is not None:
             if not isinstance(edge_weight, Tensor) or edge_weight.shape != (edge_index.size(1),):
                 raise ValueError(
@@ -290,7 +292,7 @@ class GATLayer(nn.Module):
             nn.init.zeros_(self.bias)
 
     def _graph(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        n = _check_graph(type(self).__name__, x, edge_index, self.in_channels)
+        n = _check_graph(self, x, edge_index, self.in_channels)
         if not self.add_self_loops:
             return edge_index
         return replace_self_loops(edge_index, num_nodes=n)[0]

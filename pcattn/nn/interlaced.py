@@ -246,7 +246,7 @@ class InterlacedSparseAttention(nn.Module):
         return self.short_range.attention.attention_weights(self.long_range(x, long), short)
 
     def _pad(self, x: Tensor, edge_index) -> tuple[Tensor, tuple[tuple[int, int], tuple[int, int]]]:
-        check_image(x, self.in_channels, type(self).__name__, edge_index=edge_index)
+        check_image(x, self.in_channels, self, edge_index=edge_index)
         h, w = x.shape[-2:]
         ph, pw = self.block
         pad_h, pad_w = math.ceil(h / ph) * ph - h, math.ceil(w / pw) * pw - w
@@ -255,7 +255,7 @@ class InterlacedSparseAttention(nn.Module):
         return xp, ((top, left), (h, w))
 
     def _check_nodes(self, x: Tensor, edge_index) -> tuple[Tensor, Tensor]:
-        check_nodes(x, self.in_channels, type(self).__name__)
+        check_nodes(x, self.in_channels, self)
         if not isinstance(edge_index, tuple | list) or len(edge_index) != 2:
             raise ValueError(
                 "edge_index must be a pair (long_range, short_range) of (2, E) graphs for node "

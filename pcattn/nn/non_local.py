@@ -13,7 +13,7 @@ from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
 from .base import Edges, Similarity, ValueTransform
-from .image import ImageNodes, image_nodes, is_image, to_image
+from .image import ImageNodes, check_image, check_nodes, is_image, to_image
 
 __all__ = ["NonLocalBlock"]
 
@@ -188,7 +188,7 @@ class NonLocalBlock(nn.Module):
         r"""Run the block on an image ``(B, C, H, W)`` (the graph is built here) or on nodes
         ``(N, C)`` with a given ``edge_index`` (and ``cluster`` when sub-sampling)."""
         image = is_image(x)
-        nodes = image_nodes(x) if image else None
+        nodes = self._image(x, edge_index, cluster) if image else None
         x_n, edge_index, cluster, m = self._prepare(x, nodes, edge_index, cluster)
         y = self.attention(self._sources_targets(x_n, cluster, m), edge_index)  # (N, C')
         z = self.conv_out(y)  # (N, C)
@@ -202,7 +202,7 @@ class NonLocalBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         r"""``(edge_index, weights (E, 1))``: :math:`f_{ij} / C_i` on the edges used (for an
         image, the internal graph on its row-major pixel nodes, or from the pooled nodes)."""
-        nodes = image_nodes(x) if is_image(x) else None
+        nodes = self._image(x, edge_index, cluster) if is_image(x) else None
         x_n, edge_index, cluster, m = self._prepare(x, nodes, edge_index, cluster)
         return self.attention.attention_weights(self._sources_targets(x_n, cluster, m), edge_index)
 
@@ -233,12 +233,11 @@ class NonLocalBlock(nn.Module):
         if nodes is None:
             cluster, m = self._check_nodes(x, edge_index, cluster)
             return x, edge_index, cluster, m
-        if edge_index is not None or cluster is not None:
-            raise ValueError("edge_index and cluster are built internally for an image x")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, in_channels is {self.in_channels}")
         ei, cl, m = self._image_graph(nodes.batch_size, nodes.height, nodes.width, x.device)
         return nodes.x, ei, cl, m
+
+    def _image(self, x: Tensor, edge_index: Tensor | None, cluster: Tensor | None) -> ImageNodes:
+        return check_image(x, self.in_channels, self, edge_index=edge_index, cluster=cluster)
 
     def _image_graph(
         self, b: int, h: int, w: int, device: torch.device
@@ -264,11 +263,7 @@ class NonLocalBlock(nn.Module):
     def _check_nodes(
         self, x: Tensor, edge_index: Tensor | None, cluster: Tensor | None
     ) -> tuple[Tensor | None, int]:
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            got = shape_of(x)
-            raise ValueError(f"x must be an image (B, C, H, W) or nodes (N, C), got {got}")
-        if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, in_channels is {self.in_channels}")
+        check_nodes(x, self.in_channels, self)
         if edge_index is None:
             raise ValueError(
                 "edge_index is required for nodes x (N, C), e.g. pcattn.graphs.full_graph(batch)"

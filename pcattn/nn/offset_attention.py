@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..checks import check_batch, shape_of
+from ..checks import check_batch, check_features, shape_of
 from ..graphs import full_graph
 from .attention import NodeAttention
 from .normalize import DoubleNormalize
@@ -88,13 +88,14 @@ class OffsetAttention(nn.Module):
             raise ValueError(f"{name}: x must be (N, C), got {got}")
         if x.size(1) != self.channels:
             raise ValueError(f"{name}: x has {x.size(1)} channels, channels is {self.channels}")
+        check_features(x, self, name)
         if edge_index is not None:
             if batch is not None:
                 raise ValueError(f"{name}: give edge_index or batch, not both")
             return edge_index
         if batch is None:
             return full_graph(x.size(0)).to(x.device)
-        return full_graph(check_batch(batch, x.size(0), "batch", "x"))
+        return full_graph(check_batch(batch, x.size(0), "batch", "x", x.device))
 
     def forward(
         self, x: Tensor, edge_index: Tensor | None = None, *, batch: Tensor | None = None

@@ -55,6 +55,8 @@ def all_pairs_sizes(edge_index: Tensor, num_nodes: int) -> Tensor | None:
     if num_nodes == 0 or e < num_nodes or e > num_nodes * num_nodes:
         return None
     src, dst = edge_index[0], edge_index[1]
+    if int(dst.min()) < 0:
+        return None  # not a full graph; the layer's own checks name the bad ids
     counts = torch.bincount(dst, minlength=num_nodes)
     if counts.numel() != num_nodes or bool((counts == 0).any()):
         return None

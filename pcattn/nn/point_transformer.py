@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_positive_int, shape_of
+from ..checks import check_features, check_positive_int, shape_of
 from ..graphs import replace_self_loops, sort_by_target
 from ..ops import index_to_ptr
 from .attention import NodeAttention
@@ -234,6 +234,11 @@ class PointTransformerLayer(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != pos.size(0):
             got = shape_of(x)
             raise ValueError(f"{name}: x must be ({pos.size(0)}, C) like pos, got {got}")
+        if x.size(1) != self.in_channels:
+            raise ValueError(
+                f"{name}: x has {x.size(1)} channels, in_channels is {self.in_channels}"
+            )
+        check_features(x, self, name)
         if not self.add_self_loops:
             return edge_index
         if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:

@@ -223,9 +223,7 @@ class PyramidKeyAttention(nn.Module):
         return self.bottleneck(torch.cat([context, x], 1)), q, pooled  # (N, C_out)
 
     def _image(self, x: Tensor, edge_index: Tensor | None, pool_index: Tensor | None):
-        nodes = check_image(
-            x, self.in_channels, type(self).__name__, edge_index=edge_index, pool_index=pool_index
-        )
+        nodes = check_image(x, self.in_channels, self, edge_index=edge_index, pool_index=pool_index)
         pool_index, s = _pyramid_pool_graph(
             nodes.height, nodes.width, self.pool_scales, nodes.batch_size, x.device
         )
@@ -239,7 +237,7 @@ class PyramidKeyAttention(nn.Module):
         pool_index: Tensor | None,
         num_pooled: int | None,
     ) -> int:
-        check_nodes(x, self.in_channels, type(self).__name__)
+        check_nodes(x, self.in_channels, self)
         for name, ei in (("edge_index", edge_index), ("pool_index", pool_index)):
             if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
                 got = shape_of(ei)

@@ -16,7 +16,7 @@ from ..checks import shape_of
 from ..graphs import grid_graph
 from .attention import NodeAttention
 from .base import Edges, Similarity
-from .image import ImageNodes, check_nodes, image_nodes, is_image, to_image
+from .image import ImageNodes, check_image, check_nodes, is_image, to_image
 from .normalize import NoNormalize, Softmax
 from .similarity import VectorRelation
 from .value import LinearValue
@@ -183,11 +183,7 @@ class SANPairwise(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, ImageNodes | None]:
         name = type(self).__name__
         if is_image(x):
-            if x.size(1) != self.in_channels:
-                raise ValueError(
-                    f"{name}: x has {x.size(1)} channels, in_channels is {self.in_channels}"
-                )
-            nodes = image_nodes(x)
+            nodes = check_image(x, self.in_channels, self)
             edge_index, _ = grid_graph(
                 nodes.height,
                 nodes.width,
@@ -198,7 +194,7 @@ class SANPairwise(nn.Module):
             )
             pos = _pixel_coordinates(nodes.pos, nodes.height, nodes.width, x.dtype)  # (N, 2)
             return nodes.x, edge_index, pos, nodes
-        check_nodes(x, self.in_channels, name)
+        check_nodes(x, self.in_channels, self)
         if edge_index is None:
             raise ValueError(f"{name}: edge_index is required for node features (N, C)")
         if pos is None:
@@ -381,11 +377,7 @@ class SANPatchwise(nn.Module):
     ) -> tuple[Tensor, Tensor, ImageNodes | None]:
         name = type(self).__name__
         if is_image(x):
-            if x.size(1) != self.in_channels:
-                raise ValueError(
-                    f"{name}: x has {x.size(1)} channels, in_channels is {self.in_channels}"
-                )
-            nodes = image_nodes(x)
+            nodes = check_image(x, self.in_channels, self)
             edge_index, _ = grid_graph(
                 nodes.height,
                 nodes.width,
@@ -395,7 +387,7 @@ class SANPatchwise(nn.Module):
                 device=x.device,
             )
             return nodes.x, edge_index, nodes
-        check_nodes(x, self.in_channels, name)
+        check_nodes(x, self.in_channels, self)
         if edge_index is None:
             raise ValueError(f"{name}: edge_index is required for node features (N, C)")
         return x, edge_index, None

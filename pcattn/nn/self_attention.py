@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_batch, check_positive_int, shape_of
+from ..checks import check_batch, check_features, check_positive_int, shape_of
 from ..graphs import full_graph
 from ..ops import scatter
 from .attention import NodeAttention
@@ -233,21 +233,27 @@ class StructuredSelfAttention(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def _graph(self, x: Tensor, batch: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int]:
+        name = type(self).__name__
         if isinstance(x, Tensor) and x.dim() == 3:
             if batch is not None:
-                raise ValueError("batch must be None for a dense x (B, n, C)")
+                raise ValueError(f"{name}: batch must be None for a dense x (B, n, C)")
             b, n, _ = x.shape
             batch = torch.arange(b, device=x.device).repeat_interleave(n)  # (B*n,)
             x = x.reshape(b * n, -1)  # (B*n, C)
         if not isinstance(x, Tensor) or x.dim() != 2:
             got = shape_of(x)
-            raise ValueError(f"x must be tokens (N, C) or a dense batch (B, n, C), got {got}")
+            raise ValueError(
+                f"{name}: x must be tokens (N, C) or a dense batch (B, n, C), got {got}"
+            )
         if x.size(1) != self.in_channels:
-            raise ValueError(f"x has {x.size(1)} channels, in_channels is {self.in_channels}")
+            raise ValueError(
+                f"{name}: x has {x.size(1)} channels, in_channels is {self.in_channels}"
+            )
+        check_features(x, self, name)
         n = x.size(0)
         if batch is None:
             batch = torch.zeros(n, dtype=torch.long, device=x.device)
-        batch = check_batch(batch, n, "batch", "x")
+        batch = check_batch(batch, n, "batch", "x", x.device)
         b = int(batch.max()) + 1 if n else 1
         hops = torch.arange(b, device=x.device).repeat_interleave(self.hops)  # (B * r,)
         edge_index = full_graph(batch, batch_dst=hops)  # every token -> every hop of its sample

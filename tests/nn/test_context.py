@@ -233,7 +233,7 @@ def test_errors():
         ChannelAttention(8, variant="negative")
     with pytest.raises(ValueError, match="x has 4 channels, in_channels is 8"):
         ChannelAttention(8)(torch.randn(1, 4, 3, 3))
-    with pytest.raises(ValueError, match="batch is not used with an image"):
+    with pytest.raises(ValueError, match="batch must be None for an image input"):
         GlobalContextBlock(16, ratio=0.25)(torch.randn(1, 16, 3, 3), batch=torch.zeros(9))
 
 

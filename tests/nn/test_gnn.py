@@ -423,7 +423,7 @@ def test_gradients_match_pyg():
 def test_errors():
     x = _x(6, 4)
     ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
-    gcn = GCNLayer(4, 3)
+    gcn = GCNLayer(4, 3).double()
     with pytest.raises(ValueError, match=r"GCNLayer: x must be a tensor \(N, C\), got tuple"):
         gcn((x, x), ei)
     with pytest.raises(ValueError, match="GCNLayer: x has 5 channels, in_channels is 4"):
@@ -433,7 +433,7 @@ def test_errors():
     with pytest.raises(ValueError, match=r"node ids in \[0, 6\] but x has 6 nodes"):
         gcn(x, torch.tensor([[0, 6], [1, 2]]))
     with pytest.raises(ValueError, match=r"GATLayer: edge_index must be an int64 tensor"):
-        GATLayer(4, 4)(x, ei.float())
+        GATLayer(4, 4).double()(x, ei.float())
     with pytest.raises(ValueError, match=r"out_channels \(6\) must be divisible by heads \(4\)"):
         GATLayer(4, 6, heads=4)
     with pytest.raises(ValueError, match="share_weights=True needs v2=True"):
