@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import shape_of
 from ..graphs import fps, knn, knn_graph
 from ..ops import scatter
 
@@ -72,11 +73,23 @@ def smallest_cloud(batch: Tensor) -> int:
 
 
 def batch_of(data) -> tuple[Tensor, int]:
-    """``batch (N,)`` and the number of clouds of a ``Batch`` (a lone ``Data`` is one cloud)."""
+    """``batch (N,)`` and the number of clouds of a ``Batch`` (a lone ``Data`` is one cloud);
+    every cloud must have a point (an empty one would be classified from nothing)."""
+    pos = getattr(data, "pos", None)
+    if not isinstance(pos, Tensor) or pos.dim() != 2:
+        raise ValueError(f"the model needs data.pos of shape (N, D), got {shape_of(pos)}")
     batch = getattr(data, "batch", None)
     if batch is None:
-        return torch.zeros(data.pos.size(0), dtype=torch.long, device=data.pos.device), 1
-    return batch, int(data.num_graphs)
+        batch, num_graphs = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device), 1
+    else:
+        num_graphs = int(data.num_graphs)
+    empty = torch.nonzero(torch.bincount(batch, minlength=num_graphs) == 0)
+    if empty.numel():
+        raise ValueError(
+            f"cloud {int(empty[0, 0])} of the batch has no points; drop empty clouds before "
+            "batching"
+        )
+    return batch, num_graphs
 
 
 def shape_category_onehot(data, batch: Tensor, num_graphs: int, num_categories: int) -> Tensor:

@@ -382,6 +382,23 @@ def test_model_forward_backward(name):
     assert _check_gradients(model, name) > 0
 
 
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "graph_node_classifier"])
+def test_an_empty_cloud_is_refused_and_a_one_point_cloud_runs(name):
+    # an empty cloud would be classified from nothing (PointNet++ did, silently); one point is
+    # the smallest real cloud, and every kNN stage caps its k at it
+    model = _make(name).to(D64).eval()
+    batch = _input(name, sizes=(40, 0))
+    with pytest.raises(
+        ValueError, match=r"^cloud 1 of the batch has no points; drop empty clouds before"
+    ):
+        model(batch)
+    with pytest.raises(ValueError, match=r"^cloud 0 of the batch has no points"):
+        model(_clouds((0,), seed=3)[0])
+    out = model(_input(name, sizes=(40, 1)))
+    assert out.shape[0] == (2 if model.task == "classification" else 41)
+    assert bool(torch.isfinite(out).all())
+
+
 @pytest.mark.parametrize("operator", list(OPERATORS))
 def test_every_operator_trains_inside_attention_net(operator):
     torch.manual_seed(0)
