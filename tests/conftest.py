@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,27 @@ def data_root() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+def _free_port() -> int:
+    """A free TCP port below the ephemeral range. A port from ``bind(("", 0))`` lies inside it,
+    where a rank still retrying its connection to the not-yet-listening store can draw that
+    very port as its own source port and connect to itself: both ranks then hang."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.Random().sample(range(10000, max(low, 10001)), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Call it for a port for a process group's store (one per group started)."""
+    return _free_port

@@ -4,7 +4,6 @@ processes (gloo), convert_batchnorm, all_reduce_sum and setup without torchrun."
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -229,12 +228,6 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
         raise AssertionError(f"{what}: {e}") from None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: rows held by rank 0 / rank 1, for each case run by the workers
 _SPLITS = {"halves": (slice(0, N // 2), slice(N // 2, N)), "uneven": (slice(0, 5), slice(5, N))}
 
@@ -278,8 +271,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
 
-def test_two_processes_equal_full_batch(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_processes_equal_full_batch(tmp_path, free_port):
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     for rank, res in enumerate(results):

@@ -409,43 +409,53 @@ def test_a_signal_during_evaluation_stops_after_the_epoch_checkpoint(tmp_path, m
     assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _two_processes(args: list[str]) -> list[subprocess.Popen]:
+def _two_processes(args: list[str], port: int) -> list[subprocess.Popen]:
     """``train.py`` as ranks 0 and 1 of a gloo group, as ``torchrun --nproc_per_node=2``
     would start them (started directly, so a signal can reach one rank alone)."""
-    port = str(_free_port())
-    group = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    group = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    group["OMP_NUM_THREADS"] = "1"
     return [_start(args, **group, RANK=str(r), LOCAL_RANK=str(r)) for r in range(2)]
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """Exit status and output of every process; all are killed if one hangs (a rank left
+    alone waits in its next all-reduce until gloo's 30-minute timeout)."""
     results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        results.append((p.returncode, out, err))
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            results.append((p.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = []
+        for i, p in enumerate(procs):
+            try:
+                err = results[i][2] if i < len(results) else p.communicate(timeout=10)[1]
+            except subprocess.TimeoutExpired:  # pipes held open by a stuck child
+                err = ""
+            tails.append(f"rank {i}: exit {p.wait()}\n{err[-3000:]}")
+        pytest.fail("a rank hung:\n" + "\n".join(tails))
     return results
 
 
 @pytest.mark.parametrize("signalled", [(1,), (0, 1)], ids=["one rank", "both ranks"])
 def test_sigterm_under_two_processes_stops_both_at_one_step_and_resumes_exactly(
-    tmp_path, signalled
+    tmp_path, signalled, free_port
 ):
     # one rank (a preempted node) or both (torchrun forwarding SIGTERM) get the signal; both
     # must stop after the same step (else one hangs in its next all-reduce) with status 143,
     # one checkpoint is written, and the resumed pair ends where an uninterrupted pair does
     args = ["--train.epochs=8", "--run.keep_checkpoints=20"]
     straight, cut = tmp_path / "straight", tmp_path / "cut"
-    for code, _, err in _finish(_two_processes(_tiny_synthetic(straight, *args))):
+    for code, _, err in _finish(_two_processes(_tiny_synthetic(straight, *args), free_port())):
         assert code == 0, err
-    procs = _two_processes(_tiny_synthetic(cut, *args))
-    _wait_for(cut / "checkpoints" / "epoch_0002.pt", procs[0])
+    procs = _two_processes(_tiny_synthetic(cut, *args), free_port())
+    try:
+        _wait_for(cut / "checkpoints" / "epoch_0002.pt", procs[0])
+    finally:  # when rank 0 died or was killed, rank 1 must not outlive the test
+        if procs[0].poll() is not None:
+            procs[1].kill()
     for rank in signalled:
         procs[rank].send_signal(__import__("signal").SIGTERM)
     (code0, out0, err0), (code1, _, err1) = _finish(procs)
@@ -455,7 +465,9 @@ def test_sigterm_under_two_processes_stops_both_at_one_step_and_resumes_exactly(
     assert f"resume with: python train.py --resume {cut / 'last.pt'}" in out0
     stopped = torch.load(cut / "last.pt", weights_only=True)
     assert 8 <= stopped["step"] < 32  # mid-epoch, or at an epoch's end (no "batch")
-    for code, _, err in _finish(_two_processes(_tiny_synthetic(cut, *args, "--resume"))):
+    for code, _, err in _finish(
+        _two_processes(_tiny_synthetic(cut, *args, "--resume"), free_port())
+    ):
         assert code == 0, err
     _same_weights(straight / "last.pt", cut / "last.pt")
     assert _read_log(straight / "log.csv") == _read_log(cut / "log.csv")
