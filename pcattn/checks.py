@@ -19,6 +19,7 @@ __all__ = [
     "check_features",
     "batch_sizes",
     "first_descent",
+    "check_ascending",
 ]
 
 
@@ -72,12 +73,7 @@ def check_batch(
     if batch.numel() > 0:
         if int(batch.min()) < 0:
             raise ValueError(f"{name} must be non-negative, got min {int(batch.min())}")
-        i = first_descent(batch)
-        if i is not None:
-            raise ValueError(
-                f"{name} must be sorted ascending (nodes grouped by sample), but "
-                f"{name}[{i}]={int(batch[i])} > {name}[{i + 1}]={int(batch[i + 1])}"
-            )
+        check_ascending(batch, name, "sorted ascending (nodes grouped by sample)")
     return batch.long()
 
 
@@ -160,3 +156,14 @@ def first_descent(values: Tensor) -> int | None:
         return None
     drops = torch.nonzero(values[1:] < values[:-1])
     return int(drops[0, 0]) if drops.numel() > 0 else None
+
+
+def check_ascending(values: Tensor, name: str, rule: str = "sorted ascending") -> None:
+    """``values`` never decrease; else a ValueError naming ``name``, ``rule`` and the first
+    descent: ``"{name} must be {rule}, but {name}[i]=a > {name}[i + 1]=b"``."""
+    i = first_descent(values)
+    if i is not None:
+        raise ValueError(
+            f"{name} must be {rule}, but {name}[{i}]={int(values[i])} > "
+            f"{name}[{i + 1}]={int(values[i + 1])}"
+        )

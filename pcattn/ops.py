@@ -43,7 +43,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .checks import first_descent, shape_of
+from .checks import check_ascending, shape_of
 
 __all__ = [
     "REDUCTIONS",
@@ -147,13 +147,14 @@ def _ts(src: Tensor, csr: bool):
 
 def index_to_ptr(index: Tensor, num_nodes: int) -> Tensor:
     r"""CSR row pointers ``(num_nodes + 1,)`` of a **sorted** target index ``(E,)``."""
-    i = first_descent(index)
-    if i is not None:
-        raise ValueError(
-            f"index must be sorted ascending, but index[{i}]={int(index[i])} > "
-            f"index[{i + 1}]={int(index[i + 1])}"
-        )
+    check_ascending(index, "index")
     _check_range(index, num_nodes, "index")
+    return _ptr(index, num_nodes)
+
+
+def _ptr(index: Tensor, num_nodes: int) -> Tensor:
+    """:func:`index_to_ptr` for an index already known sorted and in range (the kernels'
+    own calls, after their checks or a sort)."""
     counts = torch.bincount(index, minlength=num_nodes)  # (N,)
     ptr = index.new_zeros(num_nodes + 1)
     torch.cumsum(counts, 0, out=ptr[1:])
@@ -193,12 +194,7 @@ def _check_ptr_values(ptr: Tensor, e: int) -> None:
     first, last = int(ptr[0]), int(ptr[-1])
     if first != 0 or last != e:
         raise ValueError(f"ptr must run from 0 to E={e}, got ptr[0]={first}, ptr[-1]={last}")
-    i = first_descent(ptr)
-    if i is not None:
-        raise ValueError(
-            f"ptr must be non-decreasing, but ptr[{i}]={int(ptr[i])} > ptr[{i + 1}]="
-            f"{int(ptr[i + 1])}"
-        )
+    check_ascending(ptr, "ptr", "non-decreasing")
 
 
 def _check_scores(src: Tensor) -> None:
@@ -305,7 +301,7 @@ def _reduce(src: Tensor, index: Tensor | None, ptr: Tensor | None, n: int, reduc
     if ptr is None and is_deterministic() and reduce in ("sum", "mean"):
         # sums are the only order-dependent reduction: sort once, add each row's edges in order
         perm = torch.argsort(index, stable=True)
-        return _csr(src[perm], index_to_ptr(index[perm], n), reduce)
+        return _csr(src[perm], _ptr(index[perm], n), reduce)
     return _coo(src, index, n, reduce)
 
 
@@ -431,7 +427,7 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
         index = index.long()
     # segment kernels pay off for narrow rows when the edges happen to be target-sorted
     if not _wide(src) and _is_sorted(index):
-        return _SegmentSoftmax.apply(src, None, index_to_ptr(index, n), n)
+        return _SegmentSoftmax.apply(src, None, _ptr(index, n), n)
     return _SegmentSoftmax.apply(src, index, None, n)
 
 
@@ -512,7 +508,7 @@ class _WeightedAggregate(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # A^T g on the edges sorted by source
             perm = torch.argsort(src, stable=True)  # (E,)
             dst = ptr_to_index(ptr)  # (E,)
-            ptr_t = index_to_ptr(src.index_select(0, perm), n_src)
+            ptr_t = _ptr(src.index_select(0, perm), n_src)
             col_t = dst.index_select(0, perm)
             gv = _csr_products(w.index_select(0, perm), g, ptr_t, col_t, n_src)  # (N_src, H, D)
         if ctx.needs_input_grad[0]:  # <g_i, v_j> on the pattern
@@ -563,7 +559,7 @@ def weighted_aggregate(
     if not _is_sorted(dst):
         order = torch.argsort(dst, stable=True)
         src, dst, weights = src[order], dst[order], weights[order]
-    return _WeightedAggregate.apply(weights, values, index_to_ptr(dst, num_dst), src, num_dst)
+    return _WeightedAggregate.apply(weights, values, _ptr(dst, num_dst), src, num_dst)
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,7 +839,7 @@ class _EdgeDot(torch.autograd.Function):
             gq = _csr_products(g, k, ptr, src, q.size(0))
         if ctx.needs_input_grad[1]:
             perm = torch.argsort(src, stable=True)  # the transposed pattern, source-sorted
-            ptr_t = index_to_ptr(src.index_select(0, perm), k.size(0))
+            ptr_t = _ptr(src.index_select(0, perm), k.size(0))
             gk = _csr_products(g.index_select(0, perm), q, ptr_t, dst.index_select(0, perm),
                                k.size(0))  # fmt: skip
         return gq, gk, None, None, None
@@ -884,8 +880,8 @@ def edge_dot(query: Tensor, key: Tensor, src: Tensor, dst: Tensor) -> Tensor:
         return (query.index_select(0, dst) * key.index_select(0, src)).sum(-1)  # (E, H)
     key = key.to(query.dtype)
     if _is_sorted(dst):
-        return _EdgeDot.apply(query, key, index_to_ptr(dst, query.size(0)), src, dst)
+        return _EdgeDot.apply(query, key, _ptr(dst, query.size(0)), src, dst)
     order = torch.argsort(dst, stable=True)
     s_dst, s_src = dst.index_select(0, order), src.index_select(0, order)
-    out = _EdgeDot.apply(query, key, index_to_ptr(s_dst, query.size(0)), s_src, s_dst)
+    out = _EdgeDot.apply(query, key, _ptr(s_dst, query.size(0)), s_src, s_dst)
     return out.index_select(0, torch.argsort(order))  # back to the edges' order

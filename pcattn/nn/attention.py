@@ -273,7 +273,7 @@ class NodeAttention(nn.Module):
         ``edge_index=None``).
         """
         x_src, x_dst = x if isinstance(x, tuple) else (x, x)
-        self._nodes(x_src, x_dst, num_src)
+        num_src = self._nodes(x_src, x_dst, num_src)
         per_edge = pos is not None or rel_pos is not None or edge_weight is not None
         if per_edge and self.backend == "dense" and not need_weights:
             raise ValueError(
@@ -506,10 +506,11 @@ class NodeAttention(nn.Module):
         pos: Pair | None,
         rel_pos: Tensor | None,
         edge_weight: Tensor | None,
-        num_src: int | None,
+        num_src: int,
     ) -> Edges:
+        """The edges of one pass, checked; ``x_src`` / ``x_dst`` already passed :meth:`_nodes`
+        (which gave ``num_src``)."""
         name = type(self).__name__
-        num_src = self._nodes(x_src, x_dst, num_src)
         num_dst = x_dst.size(0)
         edge_index = check_edge_index_shape(edge_index, name, x_dst.device)
         src, dst = edge_index[0], edge_index[1]
