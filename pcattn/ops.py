@@ -287,6 +287,74 @@ def _coo(src: Tensor, index: Tensor, n: int, reduce: str) -> Tensor:
     return out.masked_fill(_per_row(empty, src), 0.0)
 
 
+class _Extremum(torch.autograd.Function):
+    r"""Max / min over each target's edges that keeps, for every output value, the edge it
+    came from (the first in edge order that attains it, as ``torch.max`` and torch-scatter's
+    ``scatter_max`` do), so the backward pass is one scatter of the output gradient into the
+    edges: nothing of size ``(E, *)`` is kept for backward, and backward makes no tensor but the
+    gradient itself (PyTorch's ``scatter_reduce`` backward makes five, to split the gradient
+    between tied edges).
+
+    Targets of equal degree ``k`` sorted by target (a kNN graph) are a view ``(N, k, *)``
+    reduced over its middle axis; other target-sorted edges are padded to the largest degree
+    when that at most doubles them; anything else takes a scatter and a second scatter for the
+    first edge attaining each result. Empty targets give 0 and no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor | None, ptr: Tensor | None, n: int, reduce: str):
+        out, arg = _extremum(src, index, ptr, n, reduce)
+        ctx.save_for_backward(arg)
+        ctx.num_edges = src.size(0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (arg,) = ctx.saved_tensors  # (N, *): the edge of each output value, E for none
+        e = ctx.num_edges
+        # one row past the edges takes the gradient of empty targets, and is dropped
+        buf = grad.new_zeros((e + 1,) + grad.shape[1:])  # (E + 1, *)
+        return buf.scatter_(0, arg, grad)[:e], None, None, None, None
+
+
+def _extremum(
+    src: Tensor, index: Tensor | None, ptr: Tensor | None, n: int, reduce: str
+) -> tuple[Tensor, Tensor]:
+    """``(out (N, *), arg (N, *))`` for :class:`_Extremum`: the max / min of each target and
+    the edge that first attains it (``E`` for an empty target, whose ``out`` is 0)."""
+    e = src.size(0)
+    rest = src.shape[1:]
+    if ptr is None and _is_sorted(index):
+        ptr = _ptr(index, n)
+    if ptr is not None:
+        deg = ptr[1:] - ptr[:-1]  # (N,)
+        k = int(deg.max()) if n > 0 else 0
+        if k > 0 and n * k <= 2 * e:
+            if n * k == e:  # every target has k edges: a view, no copy
+                dense = src.view((n, k) + rest)  # (N, k, *)
+            else:
+                index = ptr_to_index(ptr) if index is None else index
+                slot = index * k + torch.arange(e, device=src.device) - ptr.index_select(0, index)
+                fill = float("-inf") if reduce == "max" else float("inf")
+                dense = src.new_full((n * k,) + rest, fill).index_copy_(0, slot, src)
+                dense = dense.view((n, k) + rest)  # (N, k, *), real edges first in each row
+            out, arg = dense.max(1) if reduce == "max" else dense.min(1)  # (N, *), (N, *)
+            # a row whose edges all hold the fill value may point at its padding: clamp in row
+            last = _per_row((deg - 1).clamp_(min=0), arg)
+            arg = torch.minimum(arg, last).add_(_per_row(ptr[:-1], arg))
+            empty = _per_row(deg == 0, arg)
+            return out.masked_fill(empty, 0.0), arg.masked_fill(empty, e)
+    if index is None:
+        index = ptr_to_index(ptr)
+    idx = _broadcast(index, src)
+    out = src.new_zeros((n,) + rest).scatter_reduce(0, idx, src, _AMAX[reduce], include_self=False)
+    hit = src == out.index_select(0, index)  # (E, *): the edges attaining their target's result
+    edge = _per_row(torch.arange(e, device=src.device), src)  # (E, 1, ...)
+    cand = torch.where(hit, edge, e)  # (E, *)
+    arg = cand.new_full((n,) + rest, e).scatter_reduce(0, idx, cand, "amin", include_self=True)
+    return out, arg
+
+
 def _wide(src: Tensor) -> bool:
     return src[0].numel() >= _WIDE if src.size(0) > 0 else False
 
@@ -319,7 +387,10 @@ def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str
         reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (default: ``"sum"``).
 
     Returns:
-        ``(N, *)``; rows with no edge are 0. Differentiable in ``src``.
+        ``(N, *)``; rows with no edge are 0. Differentiable in ``src``: the gradient of a max or
+        min goes to the first edge (in edge order) attaining it, as ``torch.max`` and
+        torch-scatter's ``scatter_max`` do, and only that edge's index is kept for backward
+        (:class:`_Extremum`).
     """
     _check_reduce(reduce)
     _check_index(src, index)
@@ -331,6 +402,8 @@ def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str
     ts = _ts(src, csr=False)
     if ts is not None and not is_deterministic():
         return ts.scatter(src, index, dim=0, dim_size=n, reduce=reduce)
+    if reduce in _AMAX and src.requires_grad and torch.is_grad_enabled():
+        return _Extremum.apply(src, index, None, n, reduce)
     return _reduce(src, index, None, n, reduce)
 
 
@@ -343,7 +416,8 @@ def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
         reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"`` (default: ``"sum"``).
 
     Returns:
-        ``(N, *)``; rows with no edge are 0. Differentiable in ``src``.
+        ``(N, *)``; rows with no edge are 0. Differentiable in ``src`` (max / min as in
+        :func:`scatter`).
     """
     _check_reduce(reduce)
     _check_ptr(src, ptr)
@@ -356,6 +430,8 @@ def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
     ts = _ts(src, csr=True)
     if ts is not None:
         return ts.segment_csr(src, ptr, reduce=reduce)
+    if reduce in _AMAX and src.requires_grad and torch.is_grad_enabled():
+        return _Extremum.apply(src, None, ptr, n, reduce)
     index = ptr_to_index(ptr) if _wide(src) else None
     return _reduce(src, index, ptr, n, reduce)
 

@@ -19,6 +19,7 @@ __all__ = [
     "batch_of",
     "shape_category_onehot",
     "mlp",
+    "grouped_max",
     "node_features",
     "global_pool",
     "category_onehot",
@@ -46,6 +47,45 @@ def mlp(channels: list[int], *, last_act: bool = True, norm: bool = True) -> nn.
                 layers.append(nn.BatchNorm1d(c_out))
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def grouped_max(
+    mlp: nn.Sequential, x: Tensor, pos: Tensor, pos_centre: Tensor, src: Tensor, dst: Tensor
+) -> Tensor:
+    r"""PointNet's grouping: each centre max-pools a shared MLP of the relative position and
+    the features of the points grouped with it,
+
+    .. math::
+        y_c = \max_{e = (j \to c)} h_\Theta([p_j - p_c;\, x_j]),
+
+    computed without the ``(E, D + C)`` grouped input and without an activation per edge:
+
+    * the first ``Linear`` is split as :math:`W [p_j - p_c; x_j] = W [p_j; x_j] - W_p p_c`, one
+      product per point and one per centre, gathered to the edges (``k`` times fewer
+      multiplications; the gathers keep nothing for backward);
+    * the last activation, a ReLU, is increasing, so it commutes with the max and runs on the
+      pooled ``(M, C)`` rows: the edges keep one ``(E, C)`` tensor less for backward, and the
+      max keeps only the index of each maximum (:func:`pcattn.ops.scatter`).
+
+    Args:
+        mlp: ``Linear - BN - ReLU`` layers (:func:`mlp` with ``last_act=True``) whose first
+            ``Linear`` takes ``[p_j - p_c; x_j]``, positions first.
+        x: point features ``(N, C)``. pos: ``(N, D)``. pos_centre: ``(M, D)``.
+        src, dst: the grouping, ``(E,)`` each: point ``src[e]`` belongs to centre ``dst[e]``.
+
+    Returns:
+        ``(M, C_out)``; a centre with no point gets 0.
+    """
+    lin, act = mlp[0], mlp[-1]
+    d = pos.size(1)
+    w_pos, w_x = lin.weight[:, :d], lin.weight[:, d:]  # (C_1, D), (C_1, C)
+    per_point = torch.addmm(pos @ w_pos.t(), x, w_x.t())  # (N, C_1) = W [p_j; x_j]
+    per_centre = pos_centre @ w_pos.t()  # (M, C_1) = W_p p_c
+    h = per_point.index_select(0, src).sub_(per_centre.index_select(0, dst))  # (E, C_1)
+    if lin.bias is not None:
+        h = h + lin.bias
+    h = mlp[1:-1](h)  # (E, C_out), before the last activation
+    return act(scatter(h, dst, pos_centre.size(0), "max"))  # (M, C_out)
 
 
 def node_features(data, in_channels: int) -> Tensor:
@@ -150,9 +190,7 @@ class TransitionDown(nn.Module):
         pos_d, batch_d = pos[idx], batch[idx]  # (M, D), (M,)
         k = min(self.k, smallest_cloud(batch))
         src, dst = knn(pos.detach(), pos_d.detach(), k, batch, batch_d)  # (E,), E = M k
-        rel = pos.index_select(0, src) - pos_d.index_select(0, dst)  # (E, D)
-        h = self.mlp(torch.cat([rel, x.index_select(0, src)], dim=1))  # (E, C_out)
-        y = h.view(pos_d.size(0), k, -1).amax(1)  # (M, C_out): knn gives k edges per target
+        y = grouped_max(self.mlp, x, pos, pos_d, src, dst)  # (M, C_out)
         return y, pos_d, batch_d
 
     def extra_repr(self) -> str:

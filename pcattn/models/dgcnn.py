@@ -34,6 +34,14 @@ def _lin_bn_act(c_in: int, c_out: int, slope: float) -> nn.Sequential:
     )
 
 
+def _flat(seq: nn.Sequential) -> list[nn.Module]:
+    """The modules of nested ``Sequential`` containers, in the order they run."""
+    out: list[nn.Module] = []
+    for m in seq:
+        out.extend(_flat(m) if isinstance(m, nn.Sequential) else [m])
+    return out
+
+
 def _check_positive(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -66,7 +74,9 @@ class EdgeConv(nn.Module):
 
     The first ``Linear`` is applied per point, not per edge:
     :math:`W [x_i; x_j - x_i] = (W_1 - W_2) x_i + W_2 x_j` with :math:`W = [W_1, W_2]`, which
-    gives the same values at ``k`` times fewer multiplications.
+    gives the same values at ``k`` times fewer multiplications. The last LeakyReLU runs after
+    the max (it is increasing, so the two commute): the edges keep one ``(E, C_out)`` tensor
+    less for backward, and the max keeps only the index of each maximum.
 
     Args:
         in_channels: width of ``x``.
@@ -120,9 +130,13 @@ class EdgeConv(nn.Module):
         w = self.lin.weight  # (C_out, 2 C_in) = [W_1, W_2]
         x_self = x @ (w[:, :c] - w[:, c:]).t()  # (N, C_out), (W_1 - W_2) x_i
         x_nbr = x @ w[:, c:].t()  # (N, C_out), W_2 x_j
-        h = x_self.index_select(0, dst) + x_nbr.index_select(0, src)  # (E, C_out)
-        h = self.rest(h)  # (E, C_out)
-        return scatter(h, dst, x.size(0), "max")  # (N, C_out)
+        h = x_self.index_select(0, dst).add_(x_nbr.index_select(0, src))  # (E, C_out)
+        *edge_layers, last_act = _flat(self.rest)
+        for layer in edge_layers:
+            h = layer(h)  # (E, C_out), up to the last LeakyReLU
+        # LeakyReLU is increasing, so it commutes with the max: one activation per point, not
+        # per edge, and no (E, C_out) activation kept for backward
+        return last_act(scatter(h, dst, x.size(0), "max"))  # (N, C_out)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, k={self.k}, num_layers={self.num_layers}"

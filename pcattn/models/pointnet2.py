@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ..graphs import fps
-from ..ops import scatter
 from ..search import knn_search
 from .common import (
     batch_of,
     global_pool,
+    grouped_max,
     interpolate,
     mlp,
     node_features,
@@ -85,7 +85,8 @@ class SetAbstraction(nn.Module):
         h_\Theta = (\mathrm{ReLU} \circ \mathrm{BN} \circ \mathrm{Linear})^{L}
 
     In the unified form, N is the ball (at most ``max_neighbors`` nearest), the sum is a
-    max, there is no normaliser and ``g`` is the MLP of :math:`[p_j - p_c; x_j]`.
+    max, there is no normaliser and ``g`` is the MLP of :math:`[p_j - p_c; x_j]`, computed by
+    :func:`~pcattn.models.common.grouped_max` (first layer per point, last ReLU after the max).
 
     Args:
         in_channels: width of ``x``.
@@ -129,9 +130,7 @@ class SetAbstraction(nn.Module):
         idx = fps(pos.detach(), ratio=self.ratio, batch=batch, random_start=False)  # (M,)
         pos_c, batch_c = pos.index_select(0, idx), batch.index_select(0, idx)  # (M, D), (M,)
         src, dst = ball_query(pos, pos_c, self.radius, self.max_neighbors, batch, batch_c)
-        rel = pos.index_select(0, src) - pos_c.index_select(0, dst)  # (E, D)
-        h = self.mlp(torch.cat([rel, x.index_select(0, src)], dim=1))  # (E, C_out)
-        return scatter(h, dst, pos_c.size(0), "max"), pos_c, batch_c  # (M, C_out)
+        return grouped_max(self.mlp, x, pos, pos_c, src, dst), pos_c, batch_c  # (M, C_out)
 
     def extra_repr(self) -> str:
         return f"ratio={self.ratio}, radius={self.radius}, max_neighbors={self.max_neighbors}"

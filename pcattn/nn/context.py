@@ -105,6 +105,10 @@ class GlobalContextBlock(nn.Module):
     linear map of each transform zero, so the block starts as the identity (``"add"``) or as
     :math:`x / 2` (``"mul"``).
 
+    The mask bias :math:`b_k` (mmcv's ``conv_mask`` is a 1x1 conv with bias) adds the same
+    constant to every logit of the sample's softmax, so it changes no output and its gradient
+    is zero (in floating point: 0 or round-off); it is kept, as in mmcv, and stays at 0.
+
     Args:
         in_channels: feature width ``C``.
         ratio: bottleneck ratio of the transform (default: ``1/16``, the paper's backbone

@@ -349,22 +349,35 @@ def test_permuting_points(name):
 # --------------------------------------------------------------------------------------------
 
 
+# With clouds of 64 to 80 points every last embedding BatchNorm bias before a per-cloud max
+# shifts that max equally in every cloud (all maxima are past the ReLU's kink), and the next
+# BatchNorm (the head's, or the first feature propagation's) removes the shift: zero in exact
+# arithmetic. With a 5-point cloud some maxima sit at the kink and the bias is alive.
+_DEAD_AT_LARGE = {
+    "dgcnn_seg": {"emb.1.bias"},
+    "pointnet2_cls": {"global_level.mlp.4.bias"},
+    "pointnet2_seg": {"global_level.mlp.4.bias"},
+}
+
+
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("sizes", [SIZES, (5, 40)])  # 5 points: smaller than k and the balls
-def test_train_step_gives_every_parameter_a_gradient(name, sizes):
+# three clouds: with two, a classifier head's train-mode BatchNorm maps every sample to +-1 and
+# starves the layers before it (their gradients fall to about 1e-8 of the largest); 5 points is
+# smaller than k and the balls
+@pytest.mark.parametrize("sizes", [(64, 80, 72), (5, 40, 33)])
+def test_train_step_gives_every_parameter_a_gradient(name, sizes, check_gradients):
     torch.manual_seed(0)
     model = _make(name).to(D64).train()
     data = Batch.from_data_list(_clouds(sizes, seed=11))
     out = model(data)
-    n = 2 if name.endswith("cls") else sum(sizes)
+    n = len(sizes) if name.endswith("cls") else sum(sizes)
     c = 5 if name.endswith("cls") else 7
     assert out.shape == (n, c) and bool(torch.isfinite(out).all())
     target = torch.arange(n) % c
     nn.functional.cross_entropy(out, target).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is not None, pname
-        assert bool(torch.isfinite(p.grad).all()), pname
-        assert float(p.grad.abs().sum()) > 0, pname
+    why = "a shift of a per-cloud max that the next BatchNorm removes"
+    dead = dict.fromkeys(_DEAD_AT_LARGE.get(name, ()), why) if min(sizes) > 5 else {}
+    assert check_gradients(model, dead) > 0
 
 
 # --------------------------------------------------------------------------------------------

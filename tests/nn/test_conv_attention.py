@@ -46,14 +46,13 @@ def test_grid_conv_equals_conv2d(k, dilation, bias):
     torch.testing.assert_close(y, want, atol=1e-10, rtol=0)
 
 
-def test_grid_conv_init_gradients():
+def test_grid_conv_init_gradients(check_gradients):
     m = GridConv(3, 5, 3).to(DT)
     ref = nn.Conv2d(3, 5, 3)
     assert m.weight.shape == ref.weight.shape
     assert m.weight.abs().max() <= 1 / 27**0.5 and m.attention.bias.abs().max() <= 1 / 27**0.5
     m(torch.randn(2, 3, 4, 5, dtype=DT)).square().sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert check_gradients(m) > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,14 +140,13 @@ def test_conv_attention_node_mode_on_points():
         torch.testing.assert_close(y[idx], want, atol=1e-10, rtol=0)
 
 
-def test_conv_attention_init_gradients_and_errors():
+def test_conv_attention_init_gradients_and_errors(check_gradients):
     m = ConvAttention(3, 4, kernel_size=3, alpha=2.0).to(DT)
     sim = m.attention.similarity
     assert torch.equal(sim.alpha, torch.full((9,), 2.0, dtype=DT))
     assert sim.centers[0].tolist() == [-1.0, -1.0] and sim.centers[5].tolist() == [0.0, 1.0]
     m(torch.randn(2, 3, 4, 4, dtype=DT)).square().sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert check_gradients(m) > 0
     with pytest.raises(ValueError, match="kernel_size must be odd, got 4"):
         ConvAttention(3, 4, kernel_size=4)
     cases = [
@@ -260,11 +258,10 @@ def test_sasa_on_an_irregular_graph():
     assert w.shape == (9, 2)
 
 
-def test_sasa_gradients_and_errors():
+def test_sasa_gradients_and_errors(check_gradients):
     m = LocalSelfAttention(4, 8, kernel_size=3, heads=2, padding="zeros").to(DT)
     m(torch.randn(2, 4, 4, 5, dtype=DT)).square().sum().backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert check_gradients(m) > 0
     with pytest.raises(ValueError, match=r"out_channels \(6\) must be divisible by 2 \* heads"):
         LocalSelfAttention(4, 6, heads=2)
     with pytest.raises(ValueError, match="padding must be 'mask' or 'zeros'"):

@@ -29,10 +29,20 @@ def _attention_modules(layer: nn.Module) -> list[NodeAttention]:
     return [m for m in layer.modules() if isinstance(m, NodeAttention)]
 
 
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str) -> None:
+    """To ``atol`` relative and ``atol`` times the largest entry of ``expected`` absolute: float
+    round-off grows with the size of the terms summed, not with the entry (float32 position
+    gradients reach ~40 while some entries are near 0)."""
+    scale = max(1.0, float(expected.detach().abs().max()))
+    torch.testing.assert_close(
+        actual.double(), expected.double(), atol=atol * scale, rtol=atol, msg=what
+    )
+
+
 def _compare(layer: nn.Module, run, inputs: list[torch.Tensor], atol: float) -> None:
     """``run(layer, *inputs)`` with the fused path against the reference path run in float64:
     same output, same gradients for the inputs and every parameter, same BatchNorm running
-    statistics, to ``atol`` absolute and relative (float32 position gradients reach ~40)."""
+    statistics, to ``atol`` (see :func:`_close`)."""
     ref = copy.deepcopy(layer).double()
     modules = _attention_modules(ref)
     assert modules, "no NodeAttention inside"
@@ -41,21 +51,27 @@ def _compare(layer: nn.Module, run, inputs: list[torch.Tensor], atol: float) -> 
     xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
     ys = [t.detach().double().requires_grad_() if t.is_floating_point() else t for t in inputs]
     out, want = run(layer, *xs), run(ref, *ys)
-    torch.testing.assert_close(out.double(), want, atol=atol, rtol=atol)
+    _close(out, want, atol, "output")
     g = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     (out * g.to(out.dtype)).sum().backward()
     (want * g).sum().backward()
-    for a, b in zip(xs, ys, strict=True):
+    for i, (a, b) in enumerate(zip(xs, ys, strict=True)):
         if a.is_floating_point():
-            torch.testing.assert_close(a.grad.double(), b.grad, atol=atol, rtol=atol)
-    # a bias that a train-mode BatchNorm cancels has gradient 0: float32 gives rounding noise
-    # of the size of the layer's gradients times eps, so tolerances scale with the largest
+            _close(a.grad, b.grad, atol, f"gradient of input {i}")
+    # Parameter gradients, to atol times the largest one. A bias that a train-mode BatchNorm
+    # cancels has gradient 0 in exact arithmetic (at most 1.5e-8 of the largest in the float64
+    # reference); both paths give it round-off, which in float32 sums thousands of cancelling
+    # terms in an order set by the thread count (3e-6 of the largest with 2 threads, 3e-4 with
+    # 1, here): there it can only be checked to stay small.
     scale = max(1.0, max(float(q.grad.abs().max()) for q in ref.parameters()))
     for (name, p), q in zip(layer.named_parameters(), ref.parameters(), strict=True):
         assert p.grad is not None, name
+        if p.dtype == torch.float32 and float(q.grad.abs().max()) <= 1.5e-8 * scale:
+            assert float(p.grad.abs().max()) <= 1e-2 * scale, f"{name}: {p.grad}"
+            continue
         torch.testing.assert_close(p.grad.double(), q.grad, atol=atol * scale, rtol=atol, msg=name)
     for a, b in zip(layer.buffers(), ref.buffers(), strict=True):  # BatchNorm running statistics
-        torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=atol)
+        _close(a, b, atol, "buffer")
 
 
 def _cloud(n: int, c: int, dtype, seed: int = 0):
@@ -72,6 +88,12 @@ def _cloud(n: int, c: int, dtype, seed: int = 0):
 @pytest.mark.parametrize("style", ["official", "pyg"])
 @pytest.mark.parametrize("training", [True, False])
 def test_point_transformer_fused_equals_reference(dtype, atol, style, training):
+    if dtype == torch.float32 and training and style == "official":
+        # the official layer's train-mode BatchNorms over the 2,400 edges amplify float32
+        # round-off, in either path and by the thread count: measured up to 4e-5 of a
+        # gradient's largest entry (the Linear before the positional BN) with one thread,
+        # 1e-6 with two; eval mode and the PyG style (no BN) stay within 1.3e-6
+        atol = 2e-4
     torch.manual_seed(0)
     layer = (PointTransformerLayer(16, 16) if style == "official" else _pyg_style(16)).to(dtype)
     layer.train(training)

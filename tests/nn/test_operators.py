@@ -3,6 +3,8 @@ parameter reached, a formula-first docstring, and the image / node paths agreein
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -12,27 +14,27 @@ from pcattn import graphs
 B, C, H, W = 2, 16, 6, 5
 
 
-def _image(seed: int = 0) -> torch.Tensor:
-    return torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(seed))
+def _image(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-def _cloud(seed: int = 0):
+def _cloud(seed: int = 0, dtype: torch.dtype = torch.float32):
     g = torch.Generator().manual_seed(seed)
-    pos = torch.rand(40, 3, generator=g)
+    pos = torch.rand(40, 3, generator=g).to(dtype)
     batch = torch.tensor([0] * 25 + [1] * 15)
-    return torch.randn(40, C, generator=g), pos, batch
+    return torch.randn(40, C, generator=g).to(dtype), pos, batch
 
 
-# name -> (factory, call); call(module) runs one forward and returns the output and the input
-# tensor whose gradient is checked
-def _img_call(m):
-    x = _image().requires_grad_()
+# name -> (factory, call); call(module, dtype) runs one forward and returns the output and the
+# input tensor whose gradient is checked
+def _img_call(m, dtype=torch.float32):
+    x = _image(dtype=dtype).requires_grad_()
     return m(x), x
 
 
 def _edges_call(kind):
-    def call(m):
-        x, pos, batch = _cloud()
+    def call(m, dtype=torch.float32):
+        x, pos, batch = _cloud(dtype=dtype)
         x.requires_grad_()
         if kind == "knn":
             return m(x, graphs.knn_graph(pos, 8, batch, loop=True), pos), x
@@ -85,8 +87,46 @@ OPERATORS = {
     "EMAttention": (lambda: pnn.EMAttention(C, bases=4), _img_call),
 }
 
-# parameters that get no gradient by design
+# parameters that get no gradient by design (frozen: requires_grad=False)
 NO_GRAD = {"EMAttention": {"mid_project.weight", "mid_project.bias"}}
+
+# Parameters whose gradient is zero in exact arithmetic at these defaults, in training mode
+# (round-off decides whether it comes out as 0 or as eps times the others): kept, as in each
+# reference, and named with the reason. "shift": one constant added to every logit of a
+# softmax, which the softmax removes (a logit bias; q_i . b_k for a key bias; M_k b for
+# ExternalAttention's expansion bias). "BN": a per-channel constant that a train-mode
+# BatchNorm removes next (a bias before it; a value bias, as a target's weights sum to one).
+_SHIFT, _BN = "shift of every logit of one softmax", "constant before a train-mode BatchNorm"
+DEAD = {
+    "CrissCrossAttention": {"attention.similarity.key.bias": _SHIFT},
+    "DoubleAttention": {"gather.similarity.lin.bias": _SHIFT},
+    "DualAttention": {"pam.attn.similarity.key.bias": _SHIFT},
+    "ExternalAttention-mh": {"attn.similarity.memory.bias": _SHIFT, "expand.bias": _SHIFT},
+    "GlobalContextBlock": {"pool.similarity.mask.bias": _SHIFT},
+    "InterlacedSparseAttention": {
+        f"{s}.attention.value.lin.bias": _BN for s in ("long_range", "short_range")
+    },
+    "MultiHeadSelfAttention": {"attention.similarity.key.bias": _SHIFT},
+    "NonLocalBlock": {"phi.bias": _SHIFT, "g.bias": _BN},
+    "NonLocalBlock-sub": {"phi.bias": _SHIFT, "g.bias": _BN},  # max-pooling keeps a constant
+    "OffsetAttention": {"trans.bias": _BN, "attn.value.lin.bias": _BN},  # sum 1 up to 1e-9
+    "PointTransformerLayer": {
+        "attn.similarity.mapping.net.5.bias": _SHIFT,
+        "attn.similarity.mapping.net.2.bias": _BN,
+        "attn.pos_encoding.net.0.bias": _BN,
+        "attn.similarity.query.bias": _BN,  # q_i - k_j: one constant, then gamma's first BN
+        "attn.similarity.key.bias": _BN,
+    },
+    "PositionAttention": {"attn.similarity.key.bias": _SHIFT},
+    "PyramidKeyAttention": {"value_project.bias": _BN, "out_project.bias": _BN},
+    "SANPairwise": {
+        "attn.similarity.query.bias": _BN,
+        "attn.similarity.key.bias": _BN,
+        "attn.similarity.mapping.5.bias": _SHIFT,
+    },
+    "SANPatchwise": {"attn.similarity.query.bias": _BN, "attn.similarity.key.bias": _BN},
+    "StructuredSelfAttention": {"attention.similarity.ws2.bias": _SHIFT},
+}
 
 
 def _wake_zero_inits(m: torch.nn.Module) -> None:
@@ -98,21 +138,26 @@ def _wake_zero_inits(m: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
-def test_forward_backward_every_parameter(name):
+def test_forward_backward_every_parameter(name, check_gradients):
+    """Float32 forward and backward are finite; the same module in float64 gives every
+    parameter but the dead ones a gradient. Float64 for that check: a gradient that vanishes in
+    exact arithmetic is ~1e-16 of the largest there, far below any live one, whereas float32
+    round-off (up to ~2e-6 of the largest here) is of the size of the smallest live ones (a
+    std-0.001 memory gets ~2e-5)."""
     torch.manual_seed(0)
     factory, call = OPERATORS[name]
     m = factory()
     _wake_zero_inits(m)
-    y, x = call(m)
-    assert torch.isfinite(y).all()
-    y.square().mean().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    m64 = copy.deepcopy(m).double()
+    for module, dtype in ((m, torch.float32), (m64, torch.float64)):
+        y, x = call(module, dtype)
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        y.square().mean().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
     for pname, p in m.named_parameters():
-        if pname in NO_GRAD.get(name, ()):
-            assert p.grad is None or (p.grad == 0).all(), pname
-            continue
-        assert p.grad is not None, f"{name}.{pname} got no gradient"
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}.{pname}"
+        assert p.requires_grad == (pname not in NO_GRAD.get(name, ())), f"{name}.{pname}"
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"{name}.{pname}"
+    assert check_gradients(m64, DEAD.get(name, {})) > 0
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
