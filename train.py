@@ -14,7 +14,15 @@ atomically), ``best.pt``, the newest ``run.keep_checkpoints`` epoch checkpoints 
 resumable exactly) and exit with status 128 + the signal number (one that arrives during
 evaluation stops the run after that epoch's checkpoint; under torchrun every process stops
 after the same step); ``--resume`` falls back to the newest readable epoch checkpoint when
-``last.pt`` is corrupt.
+``last.pt`` is corrupt, and refuses a config that differs from the checkpoint's unless the
+differing keys are named with ``--resume-override`` (``config.yaml`` then holds the config in
+force). Stale temporary files of a killed run are removed when a run starts.
+
+A config that cannot run (a bad option, a model option the model refuses on this data, CUDA
+asked for but missing, a training set that gives a batch the model cannot train on) is refused
+before the run folder is touched: run as a script, every such error is one ``error:`` line and
+exit status 2; a run that fails later (a write on a full disk, a non-finite loss) prints one
+``error:`` line and exits with 1.
 """
 
 from __future__ import annotations
@@ -22,8 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
-import shutil
+import re
 import signal
 import sys
 import time
@@ -44,14 +51,30 @@ from pcattn.config import (
     Config,
     ConfigError,
     apply_overrides,
+    check_keys,
+    config_diff,
     config_from_dict,
     config_to_dict,
     dump_config,
+    format_diff,
     load_config,
 )
-from pcattn.experiment import DataInfo, build_data, build_model, load_checkpoint
+from pcattn.experiment import (
+    CheckpointError,
+    DataInfo,
+    build_data,
+    build_model,
+    check_model_runs,
+    load_checkpoint,
+)
 from pcattn.metrics import ClassificationMeter, SegmentationMeter, constrain_to_category
-from pcattn.runlog import RunLog, atomic_torch_save, atomic_write_bytes
+from pcattn.runlog import (
+    RunLog,
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write_bytes,
+    remove_stale_temp_files,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
@@ -70,7 +93,17 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         nargs="?",
         const="last",
         default=None,
-        help="continue from a checkpoint (default: <run.out>/last.pt)",
+        help="continue from a checkpoint (default: <run.out>/last.pt); the config must equal "
+        "the checkpoint's, except for the keys named with --resume-override",
+    )
+    p.add_argument(
+        "--resume-override",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: config keys (section.key) allowed to differ from the checkpoint's "
+        "config, taking the requested values (e.g. train.epochs to extend a run); config.yaml "
+        "is rewritten to the config in force",
     )
     p.add_argument("--eval-only", action="store_true", help="evaluate --checkpoint and stop")
     p.add_argument(
@@ -93,6 +126,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         overrides.append(item[2:])
     if args.eval_only and args.checkpoint is None:
         p.error("--eval-only needs --checkpoint PATH")
+    args.resume_override = [k for item in args.resume_override for k in item.split(",") if k]
+    if args.resume_override and args.resume is None:
+        p.error("--resume-override needs --resume")
     return args, overrides
 
 
@@ -128,12 +164,7 @@ def make_loader(dataset, cfg: Config, dist_info, *, train: bool, epoch: int = 0)
     ``batch_size / world`` shapes per process, the last partial batch dropped. Evaluation: in
     order, process ``r`` takes items ``r, r + world, ...``."""
     bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
-    if train:
-        if bs % dist_info.world:
-            raise ConfigError(
-                f"train.batch_size ({bs}) must be divisible by the number of processes "
-                f"({dist_info.world})"
-            )
+    if train:  # (check_train_batches has checked the sizes)
         bs //= dist_info.world
         sampler = torch.utils.data.DistributedSampler(
             dataset,
@@ -148,7 +179,7 @@ def make_loader(dataset, cfg: Config, dist_info, *, train: bool, epoch: int = 0)
     else:
         sampler = list(range(dist_info.rank, len(dataset), dist_info.world))
         drop_last = False
-    gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+    gen = torch.Generator().manual_seed((cfg.train.seed * 100_003 + epoch) % 2**64)
     return DataLoader(
         dataset,
         batch_size=bs,
@@ -157,6 +188,48 @@ def make_loader(dataset, cfg: Config, dist_info, *, train: bool, epoch: int = 0)
         num_workers=cfg.train.num_workers,
         generator=gen,
     )
+
+
+def check_train_batches(cfg: Config, num_train: int, world: int, task: str) -> None:
+    r"""Refuse a training set and batch size whose batches the model cannot train on: every
+    process takes ``batch_size / world`` shapes of its ``num_train // world``, and when that
+    share is smaller than one batch its one batch is the whole share; a classification head's
+    BatchNorm needs at least 2 shapes per batch (segmentation and node models normalise over
+    points or nodes: 1 will do)."""
+    bs = cfg.train.batch_size
+    if bs % world:
+        raise ConfigError(
+            f"train.batch_size ({bs}) must be divisible by the number of processes ({world})"
+        )
+    need = 2 if task == "classification" else 1
+    if bs // world < need:
+        raise ConfigError(
+            f"train.batch_size ({bs}) must give every process at least {need} shapes: the "
+            f"classification head's BatchNorm needs {need} per batch"
+        )
+    share = num_train // world  # the sampler drops the remainder
+    if share < need:
+        size = "data.train_shapes" if cfg.data.name == "synthetic" else "the training split"
+        per = f" per process ({world} processes)" if world > 1 else ""
+        why = (
+            "the classification head's BatchNorm needs 2 per batch"
+            if need == 2
+            else "there is nothing to train on"
+        )
+        raise ConfigError(
+            f"the training set of {num_train} shape(s) ({size}) gives batches of {share} "
+            f"shape(s){per} with train.batch_size {bs}: {why}; use at least {need * world} "
+            "training shapes"
+        )
+
+
+def check_device(cfg: Config) -> None:
+    """``run.device: cuda`` needs CUDA."""
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        why = "torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(
+            f"run.device is 'cuda' but CUDA is not available ({why}); use run.device=cpu or auto"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +248,29 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
     return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+
+
+def apply_optim_config(
+    optimizer: torch.optim.Optimizer, scheduler, cfg: Config, total: int, warmup: int
+) -> None:
+    r"""After a resume, make ``cfg``'s optimiser settings the ones in force: loading the
+    checkpoint's states brought back its learning rate, weight decay, momentum or betas and
+    the scheduler's base learning rate; the config's values (equal unless a key was allowed by
+    ``--resume-override``) replace them, and the learning rate of the next step is the
+    config's schedule at the restored step (the same number when nothing changed)."""
+    o = cfg.optim
+    for group, decay in zip(optimizer.param_groups, (o.weight_decay, 0.0), strict=True):
+        group["weight_decay"] = decay
+        group["initial_lr"] = o.lr
+        if o.name == "sgd":
+            group.update(momentum=o.momentum, nesterov=o.nesterov)
+        else:
+            group["betas"] = tuple(o.betas)
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    factor = lr_factor(scheduler.last_epoch, total, warmup, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = o.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def lr_factor(step: int, total: int, warmup: int, cfg: Config) -> float:
@@ -285,30 +381,40 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt")
+
+
+def epoch_checkpoints(folder: Path) -> list[Path]:
+    """The ``epoch_N.pt`` files of ``folder``, oldest first, ordered by the number ``N``
+    (``epoch_10000.pt`` comes after ``epoch_9999.pt``)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir() if (m := _EPOCH_FILE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
 def keep_history(out: Path, epoch: int, keep: int) -> None:
-    r"""Copy ``last.pt`` of ``epoch`` to ``checkpoints/epoch_XXXX.pt`` (through a temporary file
-    and a rename) and delete all but the newest ``keep`` of them."""
+    r"""Copy ``last.pt`` of ``epoch`` to ``checkpoints/epoch_XXXX.pt`` atomically (a failed copy
+    leaves no temporary file) and delete all but the newest ``keep`` of them."""
     if keep <= 0:
         return
     folder = out / "checkpoints"
     folder.mkdir(exist_ok=True)
-    path = folder / f"epoch_{epoch + 1:04d}.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.copyfile(out / "last.pt", tmp)  # a copy, not a link: damage to one spares the other
-    os.replace(tmp, path)
-    for old in sorted(folder.glob("epoch_*.pt"))[:-keep]:
+    # a copy, not a link: damage to one spares the other
+    atomic_copy(out / "last.pt", folder / f"epoch_{epoch + 1:04d}.pt")
+    for old in epoch_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
 
 
 def load_resume(out: Path) -> tuple[dict, Path]:
     r"""The checkpoint ``--resume`` continues from: ``last.pt``, or when it cannot be read
     (truncated, corrupt), the newest readable ``checkpoints/epoch_*.pt``, with a warning."""
-    candidates = [out / "last.pt", *sorted((out / "checkpoints").glob("epoch_*.pt"), reverse=True)]
+    candidates = [out / "last.pt", *reversed(epoch_checkpoints(out / "checkpoints"))]
     errors = []
     for path in candidates:
         try:
             ckpt = load_checkpoint(path)
-        except (ValueError, FileNotFoundError) as e:
+        except (CheckpointError, FileNotFoundError) as e:
             errors.append(e)
             continue
         for e in errors:
@@ -316,7 +422,50 @@ def load_resume(out: Path) -> tuple[dict, Path]:
         return ckpt, path
     if len(errors) == 1:
         raise errors[0]
-    raise ValueError("no readable checkpoint to resume from: " + "; ".join(str(e) for e in errors))
+    raise CheckpointError(
+        "no readable checkpoint to resume from: " + "; ".join(str(e) for e in errors)
+    )
+
+
+def saved_config(ckpt: dict, path: Path) -> Config:
+    """The config a checkpoint was trained with."""
+    try:
+        return config_from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path} holds a config this version cannot use: {e}") from None
+
+
+def check_resume(
+    saved: Config, cfg: Config, allowed: list[str], ckpt: dict, path: Path
+) -> list[tuple]:
+    r"""The differences between the checkpoint's config ``saved`` and the requested ``cfg``,
+    when every one is ``allowed`` (``--resume-override``) and can take effect; else a
+    :class:`ConfigError` listing them. The optimiser cannot change (its state is another's),
+    and a checkpoint stopped inside an epoch cannot change what that epoch's batches hold."""
+    check_keys(allowed, [saved, cfg], "--resume-override")
+    diff = config_diff(saved, cfg)
+    refused = [d for d in diff if d[0] not in allowed]
+    if refused:
+        keys = " ".join(k for k, _, _ in refused)
+        raise ConfigError(
+            f"--resume: the config differs from the one checkpoint {path} was trained with: "
+            f"{format_diff(refused)}; resume with that config, or continue with the requested "
+            f"values with --resume-override {keys}"
+        )
+    for key, old, new in diff:
+        if key == "optim.name":
+            raise ConfigError(
+                f"--resume-override optim.name: checkpoint {path} holds the state of {old}, "
+                f"which {new} cannot continue; start a new run"
+            )
+        if ckpt.get("batch", 0) > 0 and key.startswith(("data.", "train.batch_size", "train.seed")):
+            raise ConfigError(
+                f"--resume-override {key}: checkpoint {path} stopped inside epoch "
+                f"{ckpt['epoch'] + 1} (after batch {ckpt['batch']}), whose batches {key} would "
+                "change; resume unchanged to the end of that epoch first, or from a "
+                "checkpoints/epoch_XXXX.pt"
+            )
+    return diff
 
 
 class StopRequest:
@@ -375,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
         ckpt_path = Path(args.resume)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
     if args.config is None and ckpt is not None:
-        cfg = apply_overrides(config_from_dict(ckpt["config"]), overrides)
+        cfg = apply_overrides(saved_config(ckpt, ckpt_path), overrides)
     else:
         config_path = args.config
         if config_path is None and DEFAULT_CONFIG.is_file():
@@ -383,7 +532,14 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(config_path, overrides)
     if args.resume == "last":
         ckpt, ckpt_path = load_resume(Path(cfg.run.out))
+    resumed_with = []  # the keys --resume-override changed, (key, checkpoint's, requested)
+    if args.resume is not None:
+        saved = saved_config(ckpt, ckpt_path)
+        resumed_with = check_resume(saved, cfg, args.resume_override, ckpt, ckpt_path)
+    check_device(cfg)
 
+    # everything up to the run folder's first write only checks: a config that cannot run is
+    # refused with the run folder untouched
     want_cuda = cfg.run.device == "cuda" or (cfg.run.device == "auto" and torch.cuda.is_available())
     dist_info = distributed.setup("cuda" if want_cuda else "cpu")
     device = torch.device(f"cuda:{dist_info.local_rank}" if want_cuda else "cpu")
@@ -393,11 +549,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # data
     train_set, val_set, info = build_data(cfg)
-    if info.task == "classification" and cfg.train.batch_size < 2 * dist_info.world:
-        raise ConfigError(
-            f"train.batch_size ({cfg.train.batch_size}) must give every process at least 2 "
-            "shapes: the classification head's BatchNorm needs 2 per batch"
-        )
+    if not args.eval_only:
+        check_train_batches(cfg, len(train_set), dist_info.world, info.task)
     pos_dim = 2 if cfg.data.name == "digits" else 3
     train_aug = augmentation(cfg, pos_dim) if info.task != "node" else None
     eval_resample = None
@@ -418,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # model
     model = build_model(cfg, info).to(device)
+    check_model_runs(model, train_set, cfg)  # options it takes but cannot run with (k: 0)
     if dist_info.enabled:
         model = distributed.convert_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
@@ -430,9 +584,10 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             net.load_state_dict(ckpt["model"])
         except RuntimeError as e:
-            raise ValueError(
+            why = " ".join(str(e).split())
+            raise CheckpointError(
                 f"checkpoint {ckpt_path or args.resume} does not fit model "
-                f"{cfg.model.name!r} of this config: {e}"
+                f"{cfg.model.name!r} of this config: {why}"
             ) from None
 
     if args.eval_only:
@@ -461,11 +616,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
     skip, resumed_sums = 0, None  # batches of start_epoch already trained (a mid-epoch stop)
+    last_good = None  # the newest checkpoint of this run (named when the loss turns NaN)
     if args.resume is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        apply_optim_config(optimizer, scheduler, cfg, total, warmup)
+        if ckpt["scaler"]:  # (empty when saved without float16 AMP: a new scaler starts)
+            scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        last_good = ckpt_path
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best, best_epoch = ckpt["best"], ckpt["best_epoch"]
         if ckpt.get("batch", 0) > 0:  # stopped by a signal inside this epoch
@@ -474,12 +633,17 @@ def main(argv: list[str] | None = None) -> dict:
             resumed_sums = torch.tensor(ckpt["sums"], dtype=torch.float64) * float(main_proc)
         if main_proc:
             where = f", batch {skip + 1}" if skip else ""
-            print(f"resumed from {ckpt_path} at epoch {start_epoch + 1}{where}")
+            changed = f", with {format_diff(resumed_with)}" if resumed_with else ""
+            print(f"resumed from {ckpt_path} at epoch {start_epoch + 1}{where}{changed}")
 
     log = None
     if main_proc:
+        stale = [p for d in (out, out / "checkpoints") for p in remove_stale_temp_files(d)]
+        if stale:
+            names = ", ".join(str(p) for p in stale)
+            print(f"removed {len(stale)} temporary file(s) of a killed run: {names}")
         out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out / "config.yaml")
+        dump_config(cfg, out / "config.yaml")  # the config in force
         log = RunLog(out, tensorboard=cfg.run.tensorboard, resume=args.resume is not None)
         n_params = sum(p.numel() for p in net.parameters())
         print(
@@ -539,9 +703,13 @@ def main(argv: list[str] | None = None) -> dict:
                     logits, y = logits[m], y[m]
                 loss = criterion(logits, y)
                 if not torch.isfinite(loss):
+                    good = (
+                        f"the last good checkpoint is {last_good}"
+                        if last_good is not None
+                        else "no checkpoint of this run was written yet"
+                    )
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last "
-                        f"good checkpoint is {out / 'last.pt'}"
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; {good}"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -583,6 +751,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log.log(epoch + 1, metrics)
                 state = state_dict(epoch)
                 atomic_torch_save(state, out / "last.pt")
+                last_good = out / "last.pt"
                 keep_history(out, epoch, cfg.run.keep_checkpoints)
                 if best_epoch == epoch:
                     atomic_torch_save(state, out / "best.pt")
@@ -657,8 +826,26 @@ def _format(prefix: str, metrics: dict) -> str:
     return f"{prefix}: " + " | ".join(parts)
 
 
-if __name__ == "__main__":
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
+def cli(argv: list[str] | None = None) -> int:
+    r"""``main`` with its expected failures as one ``error:`` line on stderr: exit status 2
+    for what was refused before the run started (a config, dataset or checkpoint that cannot
+    be used, a missing file), 1 for a run that failed on its way (a write on a full disk, a
+    non-finite loss)."""
     try:
-        main()
-    except (ConfigError, D.DatasetError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        main(argv)
+    except (ConfigError, D.DatasetError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (OSError, FloatingPointError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

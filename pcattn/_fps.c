@@ -11,8 +11,11 @@
  *
  * The arithmetic is the same as the reference loop in pcattn.graphs: in the input precision,
  * d = (x0 - q0)^2, then d += (xc - qc)^2 for each further coordinate (no fused multiply-add:
- * built with -ffp-contract=off), min_dist = min(min_dist, d), next = first index of the maximum.
- * So the result is identical to the pure-PyTorch path and to a textbook loop.
+ * built with -ffp-contract=off), min_dist = min(min_dist, d), next = first index of the maximum
+ * among the points not yet taken (a taken point's min_dist is -inf, so a cloud of duplicates
+ * yields distinct indices). So the result is identical to the pure-PyTorch path and to a
+ * textbook loop. pcattn.graphs.fps checks that the squared distances fit the precision (or
+ * passes float64), so no d is inf here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -107,6 +110,7 @@
             for (int64_t t = 0; t < m; t++) {                                                 \
                 out[o + t] = base + last;                                                     \
                 if (t + 1 == m) break;                                                        \
+                mind[last] = -INFINITY; /* taken: never the maximum again */                  \
                 if (dims == 3)                                                                \
                     last = STEP##3(x, dims, n, last, mind);                                   \
                 else if (dims == 2)                                                           \

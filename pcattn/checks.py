@@ -6,6 +6,8 @@ bad input fails at the boundary instead of becoming a silently wrong result furt
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,6 +22,10 @@ __all__ = [
     "batch_sizes",
     "first_descent",
     "check_ascending",
+    "check_has_coordinates",
+    "DISTANCE_MARGIN",
+    "distance_range_fault",
+    "check_distance_range",
 ]
 
 
@@ -167,3 +173,76 @@ def check_ascending(values: Tensor, name: str, rule: str = "sorted ascending") -
             f"{name} must be {rule}, but {name}[{i}]={int(values[i])} > "
             f"{name}[{i + 1}]={int(values[i + 1])}"
         )
+
+
+def check_has_coordinates(pos: Tensor, name: str = "pos") -> None:
+    """``pos (N, D)`` needs ``D >= 1`` for a distance to mean anything."""
+    if pos.size(1) == 0:
+        raise ValueError(
+            f"{name} must have at least one coordinate per point, shape (N, D) with D >= 1, "
+            f"got {shape_of(pos)}"
+        )
+
+
+DISTANCE_MARGIN = 4.0  # headroom below finfo.max for rounding in sums and kd-tree bounds
+
+
+def distance_range_fault(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> tuple[str, int] | None:
+    r"""Whether squared distances of points inside the boxes ``[lo, hi]`` are safe in ``dtype``.
+
+    ``lo`` and ``hi`` are float64 ``(B, D)``: the coordinate bounds of each cloud (``lo = hi``
+    for a cloud with no distance to compute). A cloud is refused when
+
+    * ``"overflow"``: its box diagonal squared, :math:`\sum_d (hi_d - lo_d)^2`, the largest
+      squared distance it can hold, exceeds ``finfo(dtype).max / DISTANCE_MARGIN``;
+    * ``"underflow"``: its widest extent :math:`s = \max_d (hi_d - lo_d) > 0` is so small that
+      a difference at the resolution of its coordinates squares below the normal range,
+      :math:`(s \cdot \mathrm{eps})^2 < \mathrm{finfo(dtype).tiny}`: distances then round to
+      zero and tie (all points identical is fine: the distances are exactly 0).
+
+    Returns:
+        ``(reason, cloud)`` for the first cloud refused, ``None`` when all are safe.
+    """
+    fi = torch.finfo(dtype)
+    extent = (hi - lo).clamp(min=0.0)  # (B, D), inf when hi - lo overflows
+    diag2 = extent.square().sum(1)  # (B,)
+    over = torch.nonzero(~(diag2 <= fi.max / DISTANCE_MARGIN)).flatten()
+    if over.numel() > 0:
+        return "overflow", int(over[0])
+    widest = extent.amax(1) if extent.size(1) > 0 else extent.new_zeros(extent.size(0))  # (B,)
+    under = torch.nonzero((widest > 0) & ((widest * fi.eps).square() < fi.tiny)).flatten()
+    if under.numel() > 0:
+        return "underflow", int(under[0])
+    return None
+
+
+def check_distance_range(
+    lo: Tensor, hi: Tensor, dtype: torch.dtype, name: str = "pos", batched: bool = False
+) -> None:
+    """:func:`distance_range_fault`, raised as a ``ValueError`` naming ``name`` (and the sample
+    when ``batched``) and the bound: the caller cannot compute the distances in ``dtype``."""
+    fault = distance_range_fault(lo, hi, dtype)
+    if fault is None:
+        return
+    reason, b = fault
+    fi = torch.finfo(dtype)
+    has = "have" if " and " in name else "has"
+    where = f" (sample {b} of the batch)" if batched else ""
+    extent = (hi[b] - lo[b]).clamp(min=0.0)  # (D,)
+    kind = str(dtype).removeprefix("torch.")
+    if reason == "overflow":
+        largest = float(torch.maximum(lo[b].abs(), hi[b].abs()).max())
+        diag = math.hypot(*extent.tolist())
+        limit = math.sqrt(fi.max / DISTANCE_MARGIN)
+        raise ValueError(
+            f"{name} {has} coordinates up to {largest:.3g}{where} whose squared distances "
+            f"overflow {kind}: the points span {diag:.3g}, at most {limit:.3g} fits; rescale the "
+            "positions"
+        )
+    widest = float(extent.max())
+    floor = math.sqrt(fi.tiny) / fi.eps
+    raise ValueError(
+        f"{name} {has} coordinates that differ by at most {widest:.3g}{where}, so close that "
+        f"their squared distances underflow {kind} and tie at 0 (they must span at least "
+        f"{floor:.3g}); rescale the positions"
+    )

@@ -7,7 +7,10 @@ value is checked against its declared type. The ``model`` section holds ``name``
 :data:`pcattn.models.MODELS`) and that model's keyword options, checked against the model's
 own signature. Command-line overrides ``--section.key=value`` are parsed as YAML values
 (``--train.epochs=3``, ``--model.channels=[32,64]``, ``--data.root=null``) and checked the same
-way. :func:`dump_config` writes the resolved config back as YAML.
+way. A file must be UTF-8 and must not repeat a key in any mapping (YAML would silently keep
+the last one); every number must be finite. :func:`dump_config` writes the resolved config
+back as YAML; :func:`config_diff` lists the keys in which two configs differ (what
+``train.py --resume`` checks against the checkpoint's config).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import typing
 from collections.abc import Sequence
@@ -25,7 +29,10 @@ from typing import Any
 
 import yaml
 
+from .runlog import atomic_write_bytes
+
 __all__ = [
+    "ABSENT",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -36,9 +43,12 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_keys",
+    "config_diff",
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "format_diff",
     "load_config",
 ]
 
@@ -81,6 +91,9 @@ class DataConfig:
     #: ``datasets/modelnet40_normal_resampled``, ShapeNetPart from
     #: ``datasets/shapenetcore_partanno_segmentation_benchmark_v0_normal``)
     root: str | None = None
+    #: folder of the parsed-dataset cache (``null``: ``$PCATTN_CACHE`` or ``~/.cache/pcattn``;
+    #: never inside ``root``)
+    cache_dir: str | None = None
     #: ``classification`` or ``segmentation`` (SyntheticParts only)
     task: str = "classification"
     #: points per shape (ModelNet: the first ones of each file, ``0`` for all; ShapeNetPart:
@@ -225,6 +238,12 @@ _NON_NEGATIVE = {
     "schedule.warmup_start",
     "schedule.min_lr",
 }
+#: fractions (also checked >= 0 above)
+_AT_MOST_ONE = {"train.label_smoothing", "schedule.warmup_start", "schedule.min_lr"}
+_BELOW_ONE = {"optim.momentum"}
+#: ``torch.manual_seed`` takes seeds below 2**64; the per-epoch seeds derived from
+#: ``train.seed`` (``seed + epoch`` in the data sampler) need the room above 2**63
+_MAX_SEED = 2**63 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +296,13 @@ def _check(value: Any, tp: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ConfigError(f"{where} must be a finite number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
@@ -321,6 +346,12 @@ def _check_ranges(path: str, value: Any) -> None:
         raise ConfigError(f"{path} must be > 0, got {value!r}")
     if path in _NON_NEGATIVE and not value >= 0:
         raise ConfigError(f"{path} must be >= 0, got {value!r}")
+    if path in _AT_MOST_ONE and not value <= 1:
+        raise ConfigError(f"{path} must be in [0, 1], got {value!r}")
+    if path in _BELOW_ONE and not value < 1:
+        raise ConfigError(f"{path} must be in [0, 1), got {value!r}")
+    if path == "train.seed" and value > _MAX_SEED:
+        raise ConfigError(f"{path} must be <= 2**63 - 1 = {_MAX_SEED}, got {value!r}")
 
 
 def _fill(cls: type, raw: Any, where: str) -> Any:
@@ -418,20 +449,68 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping, at any depth (the plain
+    loader keeps the last value silently). Keys merged in with ``<<`` may be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {first[key] + 1})",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused (:class:`_StrictLoader`)."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path`` (a byte order mark is dropped), else a ConfigError naming the
+    file, the byte offset and the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+            f"(line {line}); save the file as UTF-8"
+        ) from None
+
+
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
     r"""Read the YAML file ``path`` (``None``: the defaults) and apply ``overrides``
-    (``["train.epochs=3", ...]``). Errors name the file (and line, for YAML syntax)."""
+    (``["train.epochs=3", ...]``). Errors name the file (and line, for YAML syntax, a repeated
+    key, or the byte offset of text that is not UTF-8)."""
     raw: Any = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
+        text = _read_text(path)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = _parse_yaml(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
-            line = f", line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML: {e}") from None
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
     try:
         cfg = config_from_dict(raw)
     except ConfigError as e:
@@ -448,9 +527,11 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: {text!r} is not a YAML value") from None
+            value = _parse_yaml(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None)
+            why = f" ({problem})" if problem else ""
+            raise ConfigError(f"override {item!r}: {text!r} is not a YAML value{why}") from None
         *parents, leaf = key.split(".")
         node = raw
         for depth, part in enumerate(parents):
@@ -474,8 +555,84 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
 
 
 def dump_config(cfg: Config, path: str | os.PathLike | None = None) -> str:
-    """``cfg`` as YAML text; written to ``path`` when given."""
+    """``cfg`` as YAML text; written to ``path`` when given (atomically: a failed write leaves
+    the old file, and no temporary file)."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     if path is not None:
-        Path(path).write_text(text)
+        atomic_write_bytes(path, text.encode("utf-8"))
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# comparing configs
+
+
+class _Absent:
+    """A key one of two compared configs does not have (an option of another model)."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data.augment.jitter": 0.0, ...}`` from a nested mapping (lists are values)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _resolved(cfg: Config) -> dict[str, Any]:
+    """Every key of ``cfg`` with its value in force, model options left out included (at the
+    model's defaults), flattened."""
+    raw = config_to_dict(cfg)
+    defaults = {k: d for k, (_, d) in _model_signature(cfg.model.name).items()}
+    raw["model"] = {"name": cfg.model.name, **_plain(defaults), **raw["model"]}
+    return _flat(raw)
+
+
+def config_diff(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    r"""The keys in which ``old`` and ``new`` differ, as ``(key, old value, new value)`` in
+    the order of the config's sections. Model options count at their values in force, so an
+    option left at the model's default equals the same default written out; an option only
+    one of two models has shows :data:`ABSENT` on the other side."""
+    a, b = _resolved(old), _resolved(new)
+    keys = list(a) + [k for k in b if k not in a]
+    pairs = [(k, a.get(k, ABSENT), b.get(k, ABSENT)) for k in keys]
+    return [(k, x, y) for k, x, y in pairs if x != y]
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+def format_diff(
+    diff: Sequence[tuple[str, Any, Any]], old: str = "checkpoint", new: str = "requested"
+) -> str:
+    """One line for :func:`config_diff`'s list: ``optim.lr: 0.1 (checkpoint) -> 0.2
+    (requested); ...``."""
+    return "; ".join(f"{k}: {_show(a)} ({old}) -> {_show(b)} ({new})" for k, a, b in diff)
+
+
+def check_keys(keys: Sequence[str], cfgs: Sequence[Config], where: str) -> None:
+    """Every one of ``keys`` must be a key (``section.key``) of one of ``cfgs``; else a
+    ConfigError naming ``where`` and the closest known key."""
+    known: list[str] = []
+    for cfg in cfgs:
+        known += [k for k in _resolved(cfg) if k not in known]
+    for key in keys:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, known)}")

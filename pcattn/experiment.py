@@ -3,22 +3,38 @@ metrics need to know about the data (:class:`DataInfo`), the model of ``cfg.mode
 checkpoints ``train.py`` writes, read back as data only.
 
 ``train.py`` and the viewer (``python -m pcattn.viz attention``) both rebuild a run from its
-config (the one stored in every checkpoint) through these two functions.
+config (the one stored in every checkpoint) through these two functions;
+:func:`check_model_runs` tries the model once on one item, so that an option it accepts but
+cannot run with is refused before a run writes anything.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch_geometric.data import Batch
 
 from . import data as D
 from .config import Config, ConfigError
 from .models import MODELS
 
-__all__ = ["DataInfo", "build_data", "build_model", "load_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DataInfo",
+    "build_data",
+    "build_model",
+    "check_model_runs",
+    "load_checkpoint",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, is not a ``train.py`` checkpoint, or does not fit the
+    model; the message names the file."""
 
 
 @dataclass
@@ -74,6 +90,7 @@ def _build_data(cfg: Config) -> tuple[object, object, DataInfo]:
     elif c.name == "modelnet":
         root = root or Path("datasets") / "modelnet40_normal_resampled"
         common = dict(classes=c.classes, format=c.format, use_normals=c.use_normals)
+        common["cache_dir"] = c.cache_dir
         common["num_points"] = c.num_points or None
         train = D.ModelNet(root, split="train", **common)
         val = D.ModelNet(root, split="test", **common)
@@ -83,6 +100,7 @@ def _build_data(cfg: Config) -> tuple[object, object, DataInfo]:
     elif c.name == "shapenetpart":
         root = root or Path("datasets") / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
         common = dict(categories=c.categories, format=c.format, use_normals=c.use_normals)
+        common["cache_dir"] = c.cache_dir
         train_split = "trainval" if c.val_split == "test" else "train"
         train = D.ShapeNetPart(root, split=train_split, **common)
         val = D.ShapeNetPart(root, split=c.val_split, **common)
@@ -120,6 +138,43 @@ def build_model(cfg: Config, info: DataInfo) -> nn.Module:
         raise ConfigError(f"model {cfg.model.name!r}: {e}") from None
 
 
+def check_model_runs(model: nn.Module, dataset, cfg: Config) -> None:
+    r"""Run ``model`` once on the first item of ``dataset`` (in evaluation mode, without
+    gradients, with torch's random state restored afterwards: no side effect), so that an
+    option the model accepts at construction but refuses at its first forward (``k: 0``) is
+    a :class:`ConfigError` before the run writes anything.
+
+    Raises:
+        ConfigError: the model's ``ValueError`` on this data, prefixed with the model's name.
+    """
+    if len(dataset) == 0:
+        return
+    device = next(model.parameters()).device
+    batch = Batch.from_data_list([dataset[0]]).to(device)
+    was_training = model.training
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            model(batch)
+    except ValueError as e:
+        raise ConfigError(
+            f"model {cfg.model.name!r} cannot run on data {cfg.data.name!r}: {e}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _reason(e: Exception) -> str:
+    """One line of ``torch.load``'s error: the unpickler's own reason when it refused a
+    global (its message spans a page, advising ``weights_only=False``), else the first line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", x).strip() for x in str(e).splitlines()]
+    lines = [x for x in lines if x] or [repr(e)]
+    marker = "WeightsUnpickler error: "
+    refused = [x[len(marker) :] for x in lines if x.startswith(marker)]
+    return refused[0].split(". ")[0] if refused else lines[0]
+
+
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config")
 
 
@@ -131,8 +186,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt or not a checkpoint
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {_reason(e)}"
+        ) from None
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
+        raise CheckpointError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
     return ckpt

@@ -15,6 +15,7 @@ Pixels: :func:`grid_graph`, :func:`criss_cross_graph`, :func:`image_to_nodes`,
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -22,13 +23,16 @@ from torch import Tensor
 from .checks import (
     batch_sizes,
     check_batch,
+    check_distance_range,
+    check_has_coordinates,
     check_positions,
     check_positive_int,
+    distance_range_fault,
     first_descent,
     shape_of,
 )
 from .ops import index_to_ptr
-from .search import knn_search
+from .search import cloud_bounds, knn_search, range_may_fault
 
 __all__ = [
     "knn_graph",
@@ -89,8 +93,12 @@ def knn_graph(
     the result equals a brute-force search. On CPU a kd-tree answers the whole batch in one
     multi-threaded query; on other devices a chunked ``topk`` whose memory is bounded.
 
+    Squared distances are computed in float64 (float32 positions always fit); float64
+    positions whose squared distances within a cloud would overflow float64, or underflow it
+    so that they all tie at 0, are refused with a ``ValueError`` (rescale them).
+
     Args:
-        pos: positions ``(N, D)``, finite floats.
+        pos: positions ``(N, D)``, finite floats, ``D >= 1``.
         k: neighbours per point; every cloud needs ``k`` points (``k + 1`` when ``loop=False``).
         batch: sample of each point ``(N,)``, sorted (default: one cloud).
         loop: count the point itself among its ``k`` neighbours (default: ``False``).
@@ -101,6 +109,7 @@ def knn_graph(
         (``k`` edges per target) and ``edge_index[0]`` its neighbours, nearest first.
     """
     check_positions(pos, "pos")
+    check_has_coordinates(pos, "pos")
     k = check_positive_int(k, "k")
     if batch is not None:
         batch = check_batch(batch, pos.size(0), "batch", "pos", pos.device)
@@ -108,7 +117,7 @@ def knn_graph(
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     counts = batch_sizes(batch, pos.size(0))
     _check_cloud_sizes(counts, k + (0 if loop else 1), f"knn_graph(k={k}, loop={loop})")
-    idx, _ = knn_search(pos, pos, k, batch, batch, self_index=not loop, method=method)
+    idx, _ = knn_search(pos, pos, k, batch, batch, self_index=not loop, method=method, name="pos")
     return _edges_from_rows(idx, dense=True)
 
 
@@ -123,7 +132,8 @@ def knn(
 ) -> Tensor:
     r"""For every point of ``y``, its ``k`` nearest points of ``x`` in the same cloud (bipartite).
 
-    Used to interpolate features from a coarse set ``x`` onto a fine set ``y``.
+    Used to interpolate features from a coarse set ``x`` onto a fine set ``y``. Distances as
+    in :func:`knn_graph`: float64, and float64 points out of its range are refused.
 
     .. note::
         The result follows this module's convention, ``edge_index[0]`` = source index into ``x``
@@ -142,6 +152,8 @@ def knn(
     """
     check_positions(x, "x")
     check_positions(y, "y")
+    check_has_coordinates(x, "x")
+    check_has_coordinates(y, "y")
     if x.size(1) != y.size(1):
         raise ValueError(f"x and y must have the same dimension D, got {x.size(1)} and {y.size(1)}")
     k = check_positive_int(k, "k")
@@ -163,7 +175,7 @@ def knn(
     if empty.numel() > 0:
         raise ValueError(f"knn: y has points in sample {int(empty[0])} but x has none there")
     _check_cloud_sizes(counts_x[used], k, f"knn(k={k}): x")
-    idx, _ = knn_search(x, y, k, batch_x, batch_y, method=method)
+    idx, _ = knn_search(x, y, k, batch_x, batch_y, method=method, name="x and y")
     return _edges_from_rows(idx, dense=True)
 
 
@@ -181,7 +193,8 @@ def radius_graph(
 
     When a ball holds more than ``max_num_neighbors`` points, the **nearest** are kept (ties
     by index), unlike torch-cluster, which keeps whichever it meets first. Distances are
-    compared as ``sum_d (p_j - p_i)_d^2 <= r^2`` in float64.
+    compared as ``sum_d (p_j - p_i)_d^2 <= r^2`` in float64; float64 positions out of its range
+    are refused as in :func:`knn_graph`.
 
     Args:
         pos: positions ``(N, D)``.
@@ -195,6 +208,7 @@ def radius_graph(
         ``edge_index (2, E)`` sorted by target, nearest first within a target.
     """
     check_positions(pos, "pos")
+    check_has_coordinates(pos, "pos")
     if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
         raise ValueError(f"r must be a finite number > 0, got {r!r}")
     max_num_neighbors = check_positive_int(max_num_neighbors, "max_num_neighbors")
@@ -203,7 +217,15 @@ def radius_graph(
     if pos.size(0) == 0:
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     idx, _ = knn_search(
-        pos, pos, max_num_neighbors, batch, batch, self_index=not loop, r=float(r), method=method
+        pos,
+        pos,
+        max_num_neighbors,
+        batch,
+        batch,
+        self_index=not loop,
+        r=float(r),
+        method=method,
+        name="pos",
     )
     return _edges_from_rows(idx, dense=False)
 
@@ -221,14 +243,22 @@ def fps(
     r"""Farthest point sampling: repeatedly take the point farthest from those already taken.
 
     .. math::
-        s_{t+1} = \arg\max_i \min_{u \le t} \|p_i - p_{s_u}\|^2
+        s_{t+1} = \arg\max_{i \notin \{s_0, \dots, s_t\}} \min_{u \le t} \|p_i - p_{s_u}\|^2
 
     Exact: squared distances in the precision of ``pos`` (float16 / bfloat16 in float32),
     summed coordinate by coordinate, ties to the lowest index; every method gives the same
-    indices as that textbook loop.
+    indices as that textbook loop. When a cloud of a float32 or bfloat16 ``pos`` has squared
+    distances that would overflow float32, or underflow it so that they tie at 0 (a cloud
+    spanning less than about 1e-12), the whole call runs in float64 instead (the float64
+    loop's indices); a float64 cloud out of float64's range is refused with a ``ValueError``
+    (rescale it). See :func:`pcattn.checks.distance_range_fault` for the bounds.
+
+    The indices of a cloud are always distinct, so ``ratio=1`` returns a permutation: once every
+    point not yet taken duplicates a taken one (all its distances are 0), the rest are taken in
+    index order (where torch-cluster's ``fps`` repeats indices).
 
     Args:
-        pos: positions ``(N, D)``.
+        pos: positions ``(N, D)``, ``D >= 1``.
         ratio: fraction of each cloud to keep, in ``(0, 1]``; ``ceil(ratio * n)`` points.
         num: points to keep per cloud (give exactly one of ``ratio`` and ``num``).
         batch: sample of each point ``(N,)``, sorted (default: one cloud).
@@ -243,6 +273,7 @@ def fps(
         indices into ``pos`` ``(M,)``, grouped by sample, in sampling order.
     """
     check_positions(pos, "pos")
+    check_has_coordinates(pos, "pos")
     if (ratio is None) == (num is None):
         raise ValueError("give exactly one of ratio and num")
     if method not in ("auto", "compiled", "torch"):
@@ -269,6 +300,7 @@ def fps(
     ptr = torch.zeros(counts.numel() + 1, dtype=torch.long)
     torch.cumsum(counts, 0, out=ptr[1:])
     dtype = pos.dtype if pos.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = _fps_precision(pos, batch, ptr, dtype)
 
     ext = _fps_extension()
     compiled_ok = ext is not None and pos.device.type == "cpu" and pos.size(1) <= 8
@@ -293,6 +325,20 @@ def fps(
         )
         return out
     return _fps_torch(pos.detach().to(dtype), counts, ptr, take, start)
+
+
+def _fps_precision(
+    pos: Tensor, batch: Tensor | None, ptr: Tensor, dtype: torch.dtype
+) -> torch.dtype:
+    """``dtype``, or float64 for a float32 computation whose squared distances would leave
+    float32's range in some cloud; a ``ValueError`` when float64 cannot hold them either."""
+    if not range_may_fault(pos.dtype, pos.size(1), dtype):
+        return dtype
+    lo, hi = cloud_bounds(pos, batch, ptr_x=ptr)  # (B, D)
+    if distance_range_fault(lo, hi, dtype) is None:
+        return dtype
+    check_distance_range(lo, hi, torch.float64, "pos", batched=batch is not None)
+    return torch.float64
 
 
 def _fps_extension():
@@ -323,6 +369,7 @@ def _fps_torch(pos: Tensor, counts: Tensor, ptr: Tensor, take: Tensor, start: Te
     tmp = torch.empty_like(d)
     for t in range(steps):
         out[:, t : t + 1] = last
+        mind[rows, last] = -math.inf  # taken: never again (ranks with the padding)
         for c in range(dims):  # separate kernels: no fused multiply-add, as in the reference
             coord = grid[c]  # (B, nmax)
             torch.sub(coord, coord[rows, last], out=tmp)
@@ -533,7 +580,11 @@ def full_graph(
 
     Raises:
         MemoryError: before allocating anything, when the pairs would not fit in the memory
-            available on the device (a 100,000-node cloud has 10^10 pairs).
+            available on the device (a 100,000-node cloud has 10^10 pairs): free device
+            memory, or on the host the least of MemAvailable and the headroom under the
+            process's ``RLIMIT_AS`` / ``RLIMIT_DATA`` and its cgroup's memory limit
+            (:func:`available_bytes`). Edge lists under 16 MiB (about 700 nodes all-pairs)
+            are built without asking.
     """
     batch = _batch_arg(batch)
     target = batch if batch_dst is None else _batch_arg(batch_dst)
@@ -557,30 +608,174 @@ def full_graph(
 
 
 _BYTES_PER_PAIR = 32  # full_graph's peak memory per pair (measured at 4,096 nodes; 16 are kept)
+_GUARD_BYTES = 1 << 24  # smaller edge lists (up to ~700 nodes all-pairs) are built unasked
+_NO_LIMIT = 1 << 62  # cgroup v1 writes "unlimited" as a number near 2^63
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Memory a new allocation can take on ``device``: ``MemAvailable`` of ``/proc/meminfo`` on
-    CPU, the free memory of a CUDA device; ``None`` where it cannot be read."""
-    try:
-        if device.type == "cuda":
+    """Memory a new allocation can take on ``device``: the free memory of a CUDA device; on the
+    host the least of ``MemAvailable`` (``/proc/meminfo``), the headroom under the process's
+    ``RLIMIT_AS`` and ``RLIMIT_DATA`` (``ulimit -v`` / ``-d``: the soft limit minus ``VmSize`` /
+    ``VmData`` of ``/proc/self/status``) and under the memory limit of its cgroup and of every
+    cgroup above it (v2 ``memory.max`` minus ``memory.current``, v1 ``memory.limit_in_bytes``
+    minus ``memory.usage_in_bytes``; inactive page cache counted as free, as the kernel
+    reclaims it). A source that cannot be read sets no limit; ``None`` when none can."""
+    if device.type == "cuda":
+        try:
             return int(torch.cuda.mem_get_info(device)[0])
-        with open("/proc/meminfo") as f:
-            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable"))
-    except (OSError, StopIteration, RuntimeError, ValueError):
+        except (RuntimeError, ValueError):
+            return None
+    return _host_available_bytes()
+
+
+def _host_available_bytes(
+    meminfo: str | os.PathLike = "/proc/meminfo",
+    status: str | os.PathLike = "/proc/self/status",
+    cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+    self_cgroup: str | os.PathLike = "/proc/self/cgroup",
+    rlimits: dict[str, int] | None = None,
+) -> int | None:
+    """:func:`available_bytes` on the host, reading the given files (for tests); ``rlimits``
+    maps a ``/proc/self/status`` key (``"VmSize"``, ``"VmData"``) to its soft limit in bytes
+    (default: ``resource.getrlimit`` of ``RLIMIT_AS`` and ``RLIMIT_DATA``)."""
+    found = [
+        v
+        for v in (
+            _meminfo_available(meminfo),
+            _rlimit_available(status, rlimits),
+            _cgroup_available(cgroup_root, self_cgroup),
+        )
+        if v is not None
+    ]
+    return max(0, min(found)) if found else None
+
+
+def _read_int(path: str | os.PathLike) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
         return None
 
 
+def _read_keys(path: str | os.PathLike, sep: str | None = None) -> dict[str, str]:
+    """``key value ...`` lines (``key: value`` with ``sep=":"``) as a dict; empty if unreadable."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    pairs = (ln.split(sep, 1) for ln in lines)
+    return {p[0].strip(): p[1].strip() for p in pairs if len(p) == 2}
+
+
+def _kib(text: str | None) -> int | None:
+    """``"123 kB"`` (a /proc field) in bytes."""
+    try:
+        return int(text.split()[0]) * 1024 if text else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _meminfo_available(meminfo: str | os.PathLike) -> int | None:
+    return _kib(_read_keys(meminfo, ":").get("MemAvailable"))
+
+
+def _rlimit_available(status: str | os.PathLike, rlimits: dict[str, int] | None) -> int | None:
+    """Least headroom under the process's address-space and data-segment limits."""
+    if rlimits is None:
+        try:
+            import resource
+        except ImportError:  # not a Unix
+            return None
+        rlimits = {}
+        for key, res in (("VmSize", resource.RLIMIT_AS), ("VmData", resource.RLIMIT_DATA)):
+            soft = resource.getrlimit(res)[0]
+            if soft != resource.RLIM_INFINITY:
+                rlimits[key] = soft
+    if not rlimits:
+        return None
+    used = _read_keys(status, ":")
+    left = []
+    for key, limit in rlimits.items():
+        size = _kib(used.get(key))
+        if size is not None:
+            left.append(limit - size)
+    return min(left) if left else None
+
+
+def _cgroup_available(cgroup_root: str | os.PathLike, self_cgroup: str | os.PathLike) -> int | None:
+    """Least headroom under the cgroup memory limits of this process and its ancestors.
+
+    The process's cgroup comes from ``self_cgroup`` (``0::/path`` for v2, ``N:memory:/path``
+    for v1); a path not visible under ``cgroup_root`` (a container without a cgroup namespace)
+    falls back to its ancestors, down to the mount root, which is the container's own cgroup."""
+    rel = {"v2": "/", "v1": "/"}
+    try:
+        with open(self_cgroup) as f:
+            for line in f.read().splitlines():
+                parts = line.split(":", 2)
+                if len(parts) != 3:
+                    continue
+                if parts[0] == "0" and parts[1] == "":
+                    rel["v2"] = parts[2]
+                elif "memory" in parts[1].split(","):
+                    rel["v1"] = parts[2]
+    except OSError:
+        pass
+    root = os.fspath(cgroup_root)
+    layouts = (
+        (root, rel["v2"], "memory.max", "memory.current", "inactive_file"),
+        (os.path.join(root, "unified"), rel["v2"], "memory.max", "memory.current", "inactive_file"),
+        (
+            os.path.join(root, "memory"),
+            rel["v1"],
+            "memory.limit_in_bytes",
+            "memory.usage_in_bytes",
+            "total_inactive_file",
+        ),
+    )
+    left = []
+    for base, path, limit_file, usage_file, inactive_key in layouts:
+        parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+        for depth in range(len(parts), -1, -1):  # the cgroup, then each ancestor
+            d = os.path.join(base, *parts[:depth])
+            limit = _read_int(os.path.join(d, limit_file))  # None for v2's "max", or missing
+            if limit is None or limit >= _NO_LIMIT:
+                continue
+            usage = _read_int(os.path.join(d, usage_file))
+            if usage is None:
+                continue
+            try:
+                stat = _read_keys(os.path.join(d, "memory.stat"))
+                inactive = int(stat.get(inactive_key, "0"))
+            except ValueError:
+                inactive = 0
+            left.append(limit - max(usage - inactive, 0))
+    return min(left) if left else None
+
+
 def _check_fits(pairs: int, device: torch.device) -> None:
-    """Refuse, before allocating, an edge list of ``pairs`` edges that cannot fit."""
+    """Refuse, before allocating, an edge list of ``pairs`` edges that cannot fit (only asked
+    above ``_GUARD_BYTES``: small graphs pay nothing)."""
     need = pairs * _BYTES_PER_PAIR
+    if need <= _GUARD_BYTES:
+        return
     have = available_bytes(device)
     if have is not None and need > have:
+        where = (
+            ""
+            if device.type == "cuda"
+            else (
+                " (the least of MemAvailable and the headroom under the process's ulimit -v / -d "
+                "and its cgroup memory limit)"
+            )
+        )
         raise MemoryError(
             f"full_graph: {pairs:,} pairs need about {need / 1e9:.1f} GB to build, but "
             f"{have / 1e9:.1f} GB is available on {device}; for local attention build "
             "knn_graph / radius_graph instead, and for all-pairs dot-product attention call "
-            "the layer with edge_index=None (its dense path never builds the pairs)"
+            f"the layer with edge_index=None (its dense path never builds the pairs){where}"
         )
 
 

@@ -152,6 +152,7 @@ class _Element(NamedTuple):
     count: int
     props: list[tuple[str, str]]  # (name, NumPy type code) of the scalar properties
     list_line: int  # header line of the first list property, 0 if none
+    line: int  # its 'element' header line
 
 
 def _read_header(f: Any, where: str) -> tuple[str, list[_Element], int]:
@@ -182,7 +183,7 @@ def _read_header(f: Any, where: str) -> tuple[str, list[_Element], int]:
         elif key == "element":
             if len(words) != 3 or not words[2].isdigit():
                 raise ValueError(f"{where}: header line {lineno}: bad element line {raw!r}")
-            elements.append(_Element(words[1], int(words[2]), [], 0))
+            elements.append(_Element(words[1], int(words[2]), [], 0, lineno))
         elif key == "property":
             if not elements:
                 raise ValueError(f"{where}: header line {lineno}: property before any element")
@@ -204,6 +205,36 @@ def _read_header(f: Any, where: str) -> tuple[str, list[_Element], int]:
     if fmt is None:
         raise ValueError(f"{where}: the header has no 'format' line")
     return fmt, elements, lineno
+
+
+def _check_counts(where: str, fmt: str, elements: list[_Element], available: int) -> None:
+    """Refuse counts the ``available`` bytes after the header cannot hold, before anything is
+    allocated for them: a binary element takes its row size per row; an ascii row at least two
+    bytes (a value and a line break, which the last row may omit)."""
+    used = rows = 0
+    for e in elements:
+        if fmt == "ascii":
+            rows += e.count
+            if 2 * rows - 1 > available:
+                earlier = (
+                    f" ({rows - e.count} of them for earlier elements)" if rows > e.count else ""
+                )
+                raise ValueError(
+                    f"{where}: header line {e.line}: 'element {e.name} {e.count}' claims more "
+                    f"rows than the file can hold: {available} bytes follow the header, room for "
+                    f"at most {(available + 1) // 2} rows{earlier}"
+                )
+            continue
+        row = sum(np.dtype(code).itemsize for _, code in e.props)
+        need = e.count * row
+        if used + need > available:
+            noun = "vertices" if e.name == "vertex" else f"{e.name!r} elements"
+            raise ValueError(
+                f"{where}: truncated: expected {e.count} {noun} of {row} bytes each ({need} "
+                f"bytes) after the header, found {max(available - used, 0)} bytes (header line "
+                f"{e.line}: 'element {e.name} {e.count}')"
+            )
+        used += need
 
 
 def _read_ascii_rows(f: Any, where: str, skip: int, vertex: _Element, lineno: int) -> dict:
@@ -279,7 +310,9 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray | None]:
     Raises:
         ValueError: Not a PLY file, a malformed or unsupported header (with its line number),
             no ``vertex`` element or no ``x, y, z``, a list property in ``vertex``, truncated
-            data, a non-numeric ascii value (with its line number), colours out of range.
+            data or an element count the file cannot hold (checked before anything is
+            allocated, with the ``element`` line), a non-numeric ascii value (with its line
+            number), colours out of range.
     """
     where = str(path)
     with open(path, "rb") as f:
@@ -294,6 +327,14 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray | None]:
                 f"{where}: header line {vertex.list_line}: list properties in the vertex "
                 "element are not supported"
             )
+        if fmt != "ascii":
+            for e in elements[:k]:
+                if e.list_line:
+                    raise ValueError(
+                        f"{where}: header line {e.list_line}: element {e.name!r} with list "
+                        "properties before 'vertex' is not supported in binary files"
+                    )
+        _check_counts(where, fmt, elements[: k + 1], os.fstat(f.fileno()).st_size - f.tell())
         if fmt == "ascii":
             skip = sum(e.count for e in elements[:k])
             columns = _read_ascii_rows(f, where, skip, vertex, lineno)
@@ -301,15 +342,10 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray | None]:
             endian = _FORMATS[fmt]
             dtype = np.dtype([(name, endian + code) for name, code in vertex.props])
             for e in elements[:k]:
-                if e.list_line:
-                    raise ValueError(
-                        f"{where}: header line {e.list_line}: element {e.name!r} with list "
-                        "properties before 'vertex' is not supported in binary files"
-                    )
                 f.seek(e.count * sum(np.dtype(code).itemsize for _, code in e.props), 1)
             need = vertex.count * dtype.itemsize
             buf = f.read(need)
-            if len(buf) < need:
+            if len(buf) < need:  # the file shrank since the check
                 raise ValueError(
                     f"{where}: truncated: expected {vertex.count} vertices of {dtype.itemsize} "
                     f"bytes each ({need} bytes) after the header, found {len(buf)} bytes"

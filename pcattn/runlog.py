@@ -5,6 +5,8 @@ A run folder written by ``train.py`` holds ``log.csv`` (one row per epoch: ``epo
 column per metric), ``curves.png`` (drawn from the CSV by :meth:`RunLog.plot`), optionally a
 ``tensorboard/`` folder of event files, and checkpoints written with :func:`atomic_torch_save`,
 so a run killed at any moment leaves either the old checkpoint or the new one, never half of one.
+A write that fails (disk full) removes its temporary file and raises an :class:`OSError` that
+names the file; :func:`remove_stale_temp_files` sweeps the temporary files a killed run left.
 
 Nothing here knows about models, datasets or distributed training: in a distributed run only
 rank 0 should create a :class:`RunLog` (every rank logging would write the same file at once).
@@ -20,7 +22,9 @@ import io
 import math
 import operator
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -29,8 +33,10 @@ __all__ = [
     "RunLog",
     "read_log",
     "plot_curves",
+    "atomic_copy",
     "atomic_write_bytes",
     "atomic_torch_save",
+    "remove_stale_temp_files",
 ]
 
 # figure geometry of plot_curves (inches at _DPI): every panel is _PANEL_HEIGHT tall, the
@@ -46,6 +52,26 @@ _SPLIT_PREFIXES = ("train_", "val_", "test_")
 # atomic writes
 
 
+# the temporary files of this module (``.last.pt.0123456789ab.tmp``), and those of earlier
+# versions of train.py (``checkpoints/epoch_0001.pt.tmp``): all a sweep may remove
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+_OLD_TEMP_NAME = re.compile(r"epoch_\d+\.pt\.tmp")
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def _naming(e: OSError, path: Path, verb: str = "write") -> OSError:
+    """``e`` as the same kind of :class:`OSError` with a message that names ``path`` (a failed
+    ``write()`` says only ``No space left on device``)."""
+    message = f"cannot {verb} {path}: {e.strerror or e or type(e).__name__}"
+    try:
+        return type(e)(e.errno, message) if e.errno is not None else type(e)(message)
+    except TypeError:  # an OSError subclass with another constructor
+        return OSError(e.errno, message)
+
+
 @contextlib.contextmanager
 def _atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     """Yield a binary file that replaces ``path`` only once the ``with`` block has succeeded.
@@ -53,21 +79,28 @@ def _atomic_file(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     The data goes to a hidden temporary file in the same folder (so the final rename stays on
     one file system), is flushed and fsync-ed, then ``os.replace``-d over ``path``; the folder
     is fsync-ed too where the platform allows it, so the rename itself survives a power cut.
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was; an
+    :class:`OSError` (disk full) is raised again naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL: never clobber anything; mode 0o666 lets the umask decide, as for a plain open()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    tmp = _temp_path(path)
+    try:
+        # O_EXCL: never clobber anything; mode 0o666 lets the umask decide, as for open()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
     _fsync_dir(path.parent)
 
@@ -116,6 +149,47 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with _atomic_file(path) as f:
         torch.save(obj, f)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    r"""Copy the file ``src`` to ``dst`` atomically (see :func:`atomic_write_bytes`): a copy
+    that fails halfway (disk full) leaves ``dst`` as it was and no temporary file.
+
+    Args:
+        src (str or PathLike): The file to copy.
+        dst (str or PathLike): The copy. Its folder must exist.
+    """
+    try:
+        source = open(src, "rb")
+    except OSError as e:
+        raise _naming(e, Path(src), "read") from e
+    with source, _atomic_file(dst) as f:
+        shutil.copyfileobj(source, f, 1 << 20)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    r"""Remove the temporary files a killed writer left in ``folder`` (not in sub-folders),
+    and return them.
+
+    Only names this module's writes use (``.NAME.<12 hex digits>.tmp``) and the
+    ``epoch_N.pt.tmp`` of the epoch checkpoint copies of earlier versions of ``train.py``
+    match; nothing else is touched. Call it
+    before a run starts writing to ``folder``, never while another process writes there.
+
+    Args:
+        folder (str or PathLike): A run folder or its ``checkpoints/``; missing is fine.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if (_TEMP_NAME.fullmatch(name) or _OLD_TEMP_NAME.fullmatch(name)) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,9 +361,12 @@ class RunLog:
             atomic_write_bytes(self.csv_path, _csv_text(columns, rows, header=True))
         else:
             self._needs_rewrite = True  # until the append below is known to be complete
-            with open(self.csv_path, "ab") as f:
-                f.write(_csv_text(columns, rows[-1:], header=False))
-                f.flush()
+            try:
+                with open(self.csv_path, "ab") as f:
+                    f.write(_csv_text(columns, rows[-1:], header=False))
+                    f.flush()
+            except OSError as e:  # disk full: the next call rewrites the file whole
+                raise _naming(e, self.csv_path) from e
         self._rows, self._columns, self._last_epoch = rows, columns, epoch
         self._needs_rewrite = False
 

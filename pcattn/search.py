@@ -17,7 +17,12 @@ result equals a brute-force reference exactly and is reproducible. The tree answ
 row whose k-th and (k+1)-th candidates are equally far (a tie at the boundary, common on grids)
 is recomputed by the brute-force path, which resolves boundary ties by index.
 
-Squared distances are computed in float64 as ``sum_d (y_d - x_d)^2`` on both paths.
+Squared distances are computed in float64 as ``sum_d (y_d - x_d)^2`` on both paths. Clouds whose
+squared distances would overflow float64 (or underflow it, so that all distances tie at 0) are
+refused with a ``ValueError`` before any search (:func:`pcattn.checks.distance_range_fault`);
+float32 / float16 / bfloat16 positions always fit. Clouds each in range but together too far
+apart for the kd-tree's one shared tree (coordinates near float64's limit, a huge radius) are
+searched by the brute-force path, which only ever compares points of one cloud.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["knn_search"]
+from .checks import DISTANCE_MARGIN, check_distance_range, check_has_coordinates
+from .ops import scatter_csr
+
+__all__ = ["knn_search", "cloud_bounds", "check_coordinate_range", "range_may_fault"]
 
 _CHUNK_ELEMENTS = 1 << 24  # rows x columns of one brute-force distance block (128 MiB in float64)
 
@@ -44,6 +52,7 @@ def knn_search(
     r: float | None = None,
     method: str = "auto",
     chunk_elements: int = _CHUNK_ELEMENTS,
+    name: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""The ``k`` nearest points of ``x`` for every point of ``y``, within the same cloud.
 
@@ -52,6 +61,7 @@ def knn_search(
         self_index: ``x`` is ``y`` and query ``i`` must not return point ``i`` itself.
         r: when set, only neighbours with squared distance ``<= r * r`` are kept.
         method: ``"auto"`` (kd-tree on CPU, brute force elsewhere), ``"kdtree"`` or ``"brute"``.
+        name: what to call the points in errors (the caller's argument names).
 
     Without ``r``, every cloud of ``x`` must hold at least ``k`` points (``k + 1`` with
     ``self_index``); the public builders check this.
@@ -60,15 +70,100 @@ def knn_search(
         ``idx (M, k)`` int64 indices into ``x`` ordered by (distance, index), ``-1`` where a row
         has fewer than ``k`` neighbours; ``dist (M, k)`` float64 Euclidean distances, ``inf`` at
         those slots.
+
+    Raises:
+        ValueError: when the points have no coordinate (``D = 0``), or when the squared
+            distances inside a cloud do not fit float64 (named ``name``; default ``"x"`` for
+            one point set, ``"x and y"`` for two).
     """
+    if name is None:
+        name = "x" if x is y else "x and y"
+    check_has_coordinates(x, name)
+    check_has_coordinates(y, name)
+    if x.size(0) > 0 and y.size(0) > 0:
+        check_coordinate_range(x, y, batch_x, batch_y, name, torch.float64)
     if method == "auto":
         method = "kdtree" if x.device.type == "cpu" else "brute"
     if method == "kdtree":
         return _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements)
     if method == "brute":
-        self_cols = torch.arange(y.size(0), device=y.device) if self_index else None
-        return _brute(x, y, k, batch_x, batch_y, self_cols, r, chunk_elements)
+        return _brute(x, y, k, batch_x, batch_y, _self_cols(y, self_index), r, chunk_elements)
     raise ValueError(f"method must be 'auto', 'kdtree' or 'brute', got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# the range of the coordinates
+# --------------------------------------------------------------------------------------------
+
+
+def cloud_bounds(
+    x: Tensor,
+    batch_x: Tensor | None,
+    y: Tensor | None = None,
+    batch_y: Tensor | None = None,
+    *,
+    ptr_x: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Coordinate bounds of each cloud over ``x`` and ``y`` together: ``lo, hi`` float64 on
+    CPU, ``(B, D)`` with row ``b`` for sample ``b`` (``(1, D)`` without a batch). A sample
+    missing from ``x`` or from ``y`` compares no points: its row is 0. ``x`` and ``y`` must be
+    non-empty; batches sorted (checked upstream); ``ptr_x`` (optional) the row pointers of
+    ``batch_x`` when the caller has them."""
+    tensors = [(x, batch_x, ptr_x)] + ([] if y is None or y is x else [(y, batch_y, None)])
+    if batch_x is None:
+        lo = torch.stack([t.detach().amin(0) for t, _, _ in tensors]).amin(0, keepdim=True)
+        hi = torch.stack([t.detach().amax(0) for t, _, _ in tensors]).amax(0, keepdim=True)
+        return lo.double().cpu(), hi.double().cpu()
+    if ptr_x is not None:
+        num = ptr_x.numel() - 1
+    else:
+        num = max(int(b[-1]) for _, b, _ in tensors) + 1
+    lo = torch.full((num, x.size(1)), math.inf, dtype=torch.float64)
+    hi = torch.full((num, x.size(1)), -math.inf, dtype=torch.float64)
+    both = torch.ones(num, dtype=torch.bool)
+    for t, b, ptr in tensors:
+        if ptr is None:
+            ptr = torch.zeros(num + 1, dtype=torch.long, device=b.device)
+            torch.cumsum(torch.bincount(b, minlength=num), 0, out=ptr[1:])
+        ptr = ptr.to(t.device)
+        t = t.detach()  # min and max are exact in any precision: reduce first, then widen
+        lo = torch.minimum(lo, scatter_csr(t, ptr, "min").double().cpu())  # empty samples: 0
+        hi = torch.maximum(hi, scatter_csr(t, ptr, "max").double().cpu())
+        both &= (ptr[1:] > ptr[:-1]).cpu()
+    lo, hi = lo.masked_fill(~both[:, None], 0.0), hi.masked_fill(~both[:, None], 0.0)
+    return lo, hi
+
+
+def check_coordinate_range(
+    x: Tensor,
+    y: Tensor,
+    batch_x: Tensor | None,
+    batch_y: Tensor | None,
+    name: str,
+    dtype: torch.dtype,
+) -> None:
+    """Refuse (``ValueError`` naming ``name``) clouds whose squared distances between ``x`` and
+    ``y`` do not fit ``dtype`` (:func:`pcattn.checks.distance_range_fault`). Free when the
+    dtype of the points can never fault in ``dtype`` (float32 points in float64)."""
+    if not range_may_fault(x.dtype, x.size(1), dtype) and not range_may_fault(
+        y.dtype, y.size(1), dtype
+    ):
+        return
+    lo, hi = cloud_bounds(x, batch_x, y, batch_y)
+    check_distance_range(lo, hi, dtype, name, batched=batch_x is not None)
+
+
+def range_may_fault(data: torch.dtype, dims: int, work: torch.dtype) -> bool:
+    """Whether points of dtype ``data`` in ``dims`` dimensions can over- or underflow squared
+    distances computed in ``work``: the widest box, ``2 * finfo(data).max`` per coordinate,
+    must fit, and the smallest non-zero difference (a subnormal step of ``data``) times
+    ``work``'s eps must square to a normal number."""
+    fd, fw = torch.finfo(data), torch.finfo(work)
+    widest = 2.0 * fd.max
+    step = fd.tiny * fd.eps  # the smallest positive subnormal of data
+    return not (
+        dims * widest * widest <= fw.max / DISTANCE_MARGIN and (step * fw.eps) ** 2 >= fw.tiny
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +180,10 @@ def _ranges(batch_x: Tensor | None, batch_y: Tensor | None, nx: int, m: int):
     ptr = np.zeros(num + 1, dtype=np.int64)
     np.cumsum(np.bincount(batch_x.cpu().numpy(), minlength=num), out=ptr[1:])
     return ptr[by], ptr[by + 1]
+
+
+def _self_cols(y: Tensor, self_index: bool) -> Tensor | None:
+    return torch.arange(y.size(0), device=y.device) if self_index else None
 
 
 def _brute(x, y, k, batch_x, batch_y, self_cols, r, chunk_elements):
@@ -190,8 +289,16 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
     if batched:
         bxn, byn = batch_x.numpy(), batch_y.numpy()
         lo = np.minimum(xs.min(0), ys.min(0))
-        hi = np.maximum(xs.max(0), ys.max(0))
-        sep = 2.0 * float(np.linalg.norm(hi - lo)) + 2.0 * (r or 0.0) + 1.0  # > any distance
+        with np.errstate(over="ignore"):
+            diag = float(np.linalg.norm(np.maximum(xs.max(0), ys.max(0)) - lo))
+            sep = 2.0 * diag + 2.0 * (r or 0.0) + 1.0  # > any distance
+            top = max(int(bxn[-1]), int(byn[-1])) * sep  # the largest separator coordinate
+            if not diag * diag + top * top <= np.finfo(np.float64).max / DISTANCE_MARGIN:
+                # one tree over all clouds would compute distances beyond float64: each cloud
+                # is in range (checked), and the brute-force path compares only within clouds
+                return _brute(
+                    x, y, k, batch_x, batch_y, _self_cols(y, self_index), r, chunk_elements
+                )
         xs = np.concatenate([xs, (bxn * sep)[:, None]], axis=1)
         ys = xs if same else np.concatenate([ys, (byn * sep)[:, None]], axis=1)
 
@@ -236,7 +343,8 @@ def _kdtree(x, y, k, batch_x, batch_y, self_index, r, chunk_elements):
     elif batched and idx.shape[1] > k:
         # without r, upstream checked that every cloud has k (+ self) points, and any point of
         # another cloud is farther than all of them: only the extra tie column can be invalid
-        other = bxn[idx[:, k]] != byn  # (m,) the tie column reached into another cloud
+        tie = idx[:, k]  # (m,) nx where the tree found nothing (no distance in range)
+        other = (tie >= nx) | (bxn[np.minimum(tie, nx - 1)] != byn)  # reached another cloud
         dist[other, k] = np.inf
     if r is not None:
         dist = _exact_sq_dist(x64, y64, idx)  # compare d^2 <= r^2 exactly

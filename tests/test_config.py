@@ -11,13 +11,17 @@ import pytest
 import yaml
 
 from pcattn.config import (
+    ABSENT,
     Config,
     ConfigError,
     ModelConfig,
     apply_overrides,
+    check_keys,
+    config_diff,
     config_from_dict,
     config_to_dict,
     dump_config,
+    format_diff,
     load_config,
 )
 from pcattn.models import MODELS
@@ -189,8 +193,11 @@ def test_error_inside_a_file_names_the_file(tmp_path):
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     text = "data:\n  name: synthetic\ntrain:\n  epochs: 3\n  batch_size: 4: 5\nrun:\n  out: x\n"
     path = _write(tmp_path, text, "broken.yaml")
-    with _raises(f"{path}, line 5: not valid YAML"):
+    with pytest.raises(ConfigError) as e:
         load_config(path)
+    assert str(e.value) == (
+        f"{path}, line 5, column 16: not valid YAML: mapping values are not allowed here"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,3 +488,175 @@ def test_pairs_and_ratios_are_range_checked(override, message):
 def test_a_failing_override_is_named_alone():
     with pytest.raises(ConfigError, match=re.escape("override 'train.epochs=x': train.epochs")):
         load_config(None, ["train.batch_size=4", "train.epochs=x", "optim.lr=0.1"])
+
+
+# --------------------------------------------------------------------------------------------
+# what YAML would take silently: repeated keys, other encodings, non-finite numbers
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "data:\n  name: synthetic\ntrain:\n  epochs: 3\ndata:\n  seed: 1\n",
+            "line 5, column 1: not valid YAML: duplicate key 'data' (first at line 1)",
+        ),
+        (
+            "data:\n  augment:\n    jitter: 0.1\n    shuffle: true\n    jitter: 0.2\n",
+            "line 5, column 5: not valid YAML: duplicate key 'jitter' (first at line 3)",
+        ),
+        (
+            "model:\n  name: dgcnn_cls\n  k: 4\noptim: {lr: 0.1, lr: 0.2}\n",
+            "line 4, column 18: not valid YAML: duplicate key 'lr' (first at line 4)",
+        ),
+    ],
+)
+def test_a_repeated_key_is_refused_at_any_depth(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}, {message}"
+    # the plain loader would have kept the last value without a word
+    assert yaml.safe_load(text) is not None
+
+
+def test_keys_merged_in_may_be_overridden(tmp_path):
+    # YAML merging: the mapping's own key wins over the merged one; not a repeated key
+    text = "optim:\n  <<: {lr: 0.1, momentum: 0.5}\n  lr: 0.2\n"
+    cfg = load_config(_write(tmp_path, text))
+    assert (cfg.optim.lr, cfg.optim.momentum) == (0.2, 0.5)
+
+
+def test_a_repeated_key_in_an_override_is_refused():
+    with _raises(
+        "override 'data.augment={jitter: 0.1, jitter: 0.2}': '{jitter: 0.1, jitter: 0.2}' is not "
+        "a YAML value (duplicate key 'jitter' (first at line 1))"
+    ):
+        apply_overrides(Config(), ["data.augment={jitter: 0.1, jitter: 0.2}"])
+
+
+def test_a_file_that_is_not_utf8_names_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  epochs: 2\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"{path}: not UTF-8 text: byte 0xe9 at offset 24 (line 3); save the file as UTF-8"
+    )
+    # UTF-8, with or without a byte order mark, reads
+    path.write_bytes("\ufefftrain:\n  epochs: 2\n# café\n".encode())
+    assert load_config(path).train.epochs == 2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+        ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+        ("optim.weight_decay=.inf", "optim.weight_decay must be a finite number, got inf"),
+        ("schedule.warmup_epochs=.inf", "schedule.warmup_epochs must be a finite number, got inf"),
+        ("train.grad_clip=-.inf", "train.grad_clip must be a finite number, got -inf"),
+        ("data.augment.jitter=.nan", "data.augment.jitter must be a finite number, got nan"),
+        (
+            "data.augment.scale=[0.8, .inf]",
+            "data.augment.scale must be list[float] | None, got [0.8, inf]",
+        ),
+        ("optim.lr=1e999", "optim.lr must be a finite number, got inf"),  # YAML reads inf
+        (f"optim.lr={10**400}", "optim.lr must be a finite number, got 1000"),  # an int
+        ("model.dropout=.nan", "model.dropout must be a finite number, got nan"),
+        ("train.label_smoothing=1.5", "train.label_smoothing must be in [0, 1], got 1.5"),
+        ("schedule.min_lr=2", "schedule.min_lr must be in [0, 1], got 2.0"),
+        ("schedule.warmup_start=1.01", "schedule.warmup_start must be in [0, 1], got 1.01"),
+        ("optim.momentum=1.0", "optim.momentum must be in [0, 1), got 1.0"),
+        (
+            "train.seed=9223372036854775808",
+            "train.seed must be <= 2**63 - 1 = 9223372036854775807, got 9223372036854775808",
+        ),
+    ],
+)
+def test_numbers_must_be_finite_and_in_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(f"override {override!r}: {message}")):
+        load_config(None, [override])
+
+
+def test_number_range_boundaries_accepted():
+    import torch
+
+    cfg = load_config(
+        None,
+        [
+            "train.label_smoothing=1",
+            "schedule.min_lr=1",
+            "schedule.warmup_start=0",
+            "optim.momentum=0.999",
+            "train.seed=9223372036854775807",
+        ],
+    )
+    assert (cfg.train.label_smoothing, cfg.schedule.min_lr, cfg.optim.momentum) == (1.0, 1.0, 0.999)
+    # the largest seed, and the per-epoch seeds derived from it, are seeds torch accepts
+    torch.manual_seed(cfg.train.seed)
+    torch.Generator().manual_seed(cfg.train.seed + 10**6)
+
+
+def test_dump_config_failing_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    path = tmp_path / "config.yaml"
+    dump_config(Config(), path)
+    before = path.read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match=re.escape(f"cannot write {path}: No space left on device")):
+        dump_config(apply_overrides(Config(), ["train.epochs=3"]), path)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+# --------------------------------------------------------------------------------------------
+# comparing configs (what --resume checks)
+
+
+def test_config_diff_lists_every_changed_key_in_config_order():
+    a = Config()
+    b = apply_overrides(a, ["optim.lr=0.2", "data.augment.jitter=0.01", "train.epochs=3"])
+    assert config_diff(a, a) == []
+    assert config_diff(a, b) == [
+        ("data.augment.jitter", 0.0, 0.01),
+        ("optim.lr", 0.001, 0.2),
+        ("train.epochs", 10, 3),
+    ]
+    assert format_diff(config_diff(a, b)[1:2]) == "optim.lr: 0.001 (checkpoint) -> 0.2 (requested)"
+    c = apply_overrides(a, ["data.root=somewhere", "data.categories=[Chair]"])
+    assert format_diff(config_diff(a, c), "old", "new") == (
+        "data.root: null (old) -> 'somewhere' (new); data.categories: null (old) -> ['Chair'] (new)"
+    )
+
+
+def test_config_diff_counts_model_options_at_their_values_in_force():
+    k = _keyword_options("dgcnn_cls")["k"]
+    implicit = config_from_dict({"model": {"name": "dgcnn_cls"}})
+    explicit = config_from_dict({"model": {"name": "dgcnn_cls", "k": k}})
+    assert config_diff(implicit, explicit) == []  # the default written out is no change
+    other = config_from_dict({"model": {"name": "dgcnn_cls", "k": k + 1}})
+    assert config_diff(implicit, other) == [("model.k", k, k + 1)]
+    # another model: its name, and the options only one of the two has
+    pt = config_from_dict({"model": {"name": "point_transformer_cls"}})
+    diff = dict((key, (a, b)) for key, a, b in config_diff(implicit, pt))
+    assert diff["model.name"] == ("dgcnn_cls", "point_transformer_cls")
+    only_dgcnn = set(_keyword_options("dgcnn_cls")) - set(_keyword_options("point_transformer_cls"))
+    for name in only_dgcnn:
+        assert diff[f"model.{name}"][1] is ABSENT
+    assert "(absent) (requested)" in format_diff(config_diff(implicit, pt))
+
+
+def test_check_keys_names_the_closest_key():
+    check_keys(["train.epochs", "model.k", "data.augment.jitter"], [Config()], "--x")
+    with _raises("--resume-override: unknown key 'train.epoch'; did you mean 'train.epochs'?"):
+        check_keys(["train.epoch"], [Config()], "--resume-override")
+    with _raises("--x: unknown key 'optim.lrr'; did you mean 'optim.lr'?"):
+        check_keys(["optim.lrr"], [Config()], "--x")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -385,6 +388,119 @@ def test_full_graph_bipartite():
     assert [tuple(e) for e in ei.t().tolist()] == expect
     with pytest.raises(ValueError, match="loop=False needs one node set"):
         graphs.full_graph(src_batch, batch_dst=dst_batch, loop=False)
+
+
+# full_graph's memory guard: free memory, process limits and cgroup limits, least wins
+
+
+def test_full_graph_asks_for_memory_only_for_large_edge_lists(monkeypatch):
+    calls = []
+
+    def nothing_free(device):
+        calls.append(device)
+        return 0
+
+    monkeypatch.setattr(graphs, "available_bytes", nothing_free)
+    assert graphs.full_graph(700).shape == (2, 490_000)  # 15.7 MB <= 16 MiB: not asked
+    assert calls == []
+    with pytest.raises(MemoryError, match=r"full_graph: 640,000 pairs need about 0\.0 GB"):
+        graphs.full_graph(800)  # 20.5 MB: asked, and nothing is free
+    assert calls == [torch.device("cpu")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux")
+def test_full_graph_under_an_address_space_limit_raises_the_guards_error(tmp_path):
+    """``ulimit -v``: MemAvailable says plenty, but the process may map only 512 MiB more.
+    Before, full_graph passed its check and died in the allocator (RuntimeError)."""
+    code = textwrap.dedent(
+        """
+        import resource
+        from pcattn import graphs
+        with open("/proc/self/status") as f:
+            vm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize"))
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        soft = vm + (512 << 20)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        print("small", tuple(graphs.full_graph(1000).shape))  # 32 MB: fits
+        try:
+            graphs.full_graph(8192)  # 67M pairs, about 2.1 GB
+        except MemoryError as e:
+            print("refused", e)
+        """
+    )
+    src = os.path.dirname(os.path.dirname(os.path.abspath(graphs.__file__)))  # pcattn's parent
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "small (2, 1000000)"
+    assert lines[1].startswith("refused full_graph: 67,108,864 pairs need about 2.1 GB to build, ")
+    have = float(lines[1].split("but ")[1].split(" GB")[0])
+    assert 0.0 < have <= 0.6  # the headroom under the limit, not the machine's free memory
+    assert "ulimit -v / -d and its cgroup memory limit" in lines[1]
+
+
+def _write(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_limits_of_the_cgroup_and_its_ancestors(tmp_path):
+    root, me = tmp_path / "cg", tmp_path / "self_cgroup"
+    _write(me, "0::/a/b\n")
+    _write(root / "a" / "b" / "memory.max", "max\n")  # no limit here
+    _write(root / "a" / "b" / "memory.current", "100\n")
+    _write(root / "a" / "memory.max", "1000000\n")
+    _write(root / "a" / "memory.current", "600000\n")
+    _write(root / "a" / "memory.stat", "anon 1\ninactive_file 100000\nactive_file 5\n")
+    # 1,000,000 - (600,000 - 100,000 reclaimable page cache)
+    assert graphs._cgroup_available(root, me) == 500_000
+    _write(root / "a" / "b" / "memory.max", "450000\n")
+    assert graphs._cgroup_available(root, me) == 449_900  # the tighter one, no memory.stat
+    _write(root / "a" / "b" / "memory.max", "a lot\n")  # unreadable: no limit from it
+    assert graphs._cgroup_available(root, me) == 500_000
+
+
+def test_cgroup_v1_limit_of_a_container_without_a_cgroup_namespace(tmp_path):
+    root, me = tmp_path / "cg", tmp_path / "self_cgroup"
+    # the host's path of our cgroup is not visible: the mount root is the container's own
+    _write(me, "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    _write(root / "memory" / "memory.limit_in_bytes", "2000000\n")
+    _write(root / "memory" / "memory.usage_in_bytes", "1500000\n")
+    _write(root / "memory" / "memory.stat", "inactive_file 7\ntotal_inactive_file 500000\n")
+    assert graphs._cgroup_available(root, me) == 1_000_000
+    _write(root / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")  # unlimited
+    assert graphs._cgroup_available(root, me) is None
+    assert graphs._cgroup_available(tmp_path / "missing", tmp_path / "missing_too") is None
+
+
+def test_rlimit_headroom_and_the_least_of_all_sources(tmp_path):
+    status, meminfo = tmp_path / "status", tmp_path / "meminfo"
+    _write(status, "Name:\tpython\nVmSize:\t  204800 kB\nVmData:\t  102400 kB\n")
+    mib = 1 << 20
+    assert graphs._rlimit_available(status, {"VmSize": 300 * mib}) == 100 * mib
+    assert graphs._rlimit_available(status, {"VmSize": 300 * mib, "VmData": 150 * mib}) == 50 * mib
+    assert graphs._rlimit_available(status, {}) is None
+    assert graphs._rlimit_available(tmp_path / "missing", {"VmSize": 300 * mib}) is None
+    _write(meminfo, "MemTotal:  9999999 kB\nMemFree:  1 kB\nMemAvailable:  204800 kB\n")
+    none = tmp_path / "none"
+    host = graphs._host_available_bytes
+    assert host(meminfo, status, none, none, {}) == 200 * mib  # MemAvailable alone
+    assert host(meminfo, status, none, none, {"VmData": 150 * mib}) == 50 * mib
+    _write(tmp_path / "cg" / "memory.max", str(30 * mib))
+    _write(tmp_path / "cg" / "memory.current", "0")
+    assert host(meminfo, status, tmp_path / "cg", none, {"VmData": 150 * mib}) == 30 * mib
+    assert host(none, none, none, none, {}) is None  # nothing readable: no guard
 
 
 def test_slot_graph_connects_each_node_to_its_samples_slots():

@@ -4,6 +4,7 @@ and a cross-check against Open3D's own reader and writer when Open3D is availabl
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -169,6 +170,59 @@ def test_truncated_ascii(tmp_path):
     path.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[:-2]) + b"\n")
     with pytest.raises(ValueError, match=r"truncated: expected 4 vertices, found 3 rows"):
         read_ply(path)
+
+
+_XYZ = "property float x\nproperty float y\nproperty float z\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "match"),
+    [
+        # 1e14 vertices: before, a bare MemoryError (binary) or a scan of the whole file (ascii)
+        ("ascii", b"1 2 3\n", "header line 3: 'element vertex 100000000000000' claims more "
+         "rows than the file can hold: 6 bytes follow the header, room for at most 3 rows"),
+        ("binary_little_endian", bytes(12), "truncated: expected 100000000000000 vertices of 12 "
+         "bytes each (1200000000000000 bytes) after the header, found 12 bytes (header line 3: "
+         "'element vertex 100000000000000')"),
+        ("binary_big_endian", b"", "truncated: expected 100000000000000 vertices of 12 bytes "
+         "each (1200000000000000 bytes) after the header, found 0 bytes (header line 3: "
+         "'element vertex 100000000000000')"),
+    ],
+)  # fmt: skip
+def test_a_vertex_count_the_file_cannot_hold_names_the_header_line(tmp_path, head, body, match):
+    path = tmp_path / "lies.ply"
+    header = f"ply\nformat {head} 1.0\nelement vertex 100000000000000\n{_XYZ}end_header\n"
+    path.write_bytes(header.encode() + body)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: {match}") + "$"):
+        read_ply(path)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_an_element_before_vertex_with_an_impossible_count(tmp_path, binary):
+    path = tmp_path / "lies.ply"
+    fmt = "binary_little_endian" if binary else "ascii"
+    header = (
+        f"ply\nformat {fmt} 1.0\nelement camera 100000000000000\nproperty float f\n"
+        f"element vertex 1\n{_XYZ}end_header\n"
+    )
+    body = np.zeros(4, "<f4").tobytes() if binary else b"0\n1 2 3\n"
+    path.write_bytes(header.encode() + body)
+    if binary:
+        match = (
+            "truncated: expected 100000000000000 'camera' elements of 4 bytes each "
+            "(400000000000000 bytes) after the header, found 16 bytes (header line 3: "
+            "'element camera 100000000000000')"
+        )
+    else:
+        match = (
+            "header line 3: 'element camera 100000000000000' claims more rows than the file "
+            "can hold: 8 bytes follow the header, room for at most 4 rows"
+        )
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: {match}") + "$"):
+        read_ply(path)
+    # the same file with honest counts reads: the check counts every element before vertex
+    path.write_bytes(header.replace("camera 100000000000000", "camera 1").encode() + body)
+    assert read_ply(path)["points"].tolist() == ([[0.0, 0.0, 0.0]] if binary else [[1, 2, 3]])
 
 
 def test_write_errors(tmp_path):

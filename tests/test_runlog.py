@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import shutil
 import sys
 import types
 
@@ -11,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from pcattn.runlog import RunLog, atomic_torch_save, atomic_write_bytes, plot_curves, read_log
+from pcattn.runlog import (
+    RunLog,
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write_bytes,
+    plot_curves,
+    read_log,
+    remove_stale_temp_files,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -468,3 +478,110 @@ def test_log_retried_after_a_failed_write_gives_the_right_file(tmp_path, monkeyp
     assert (tmp_path / "log.csv").read_text(encoding="utf-8") == (
         "epoch,loss\n0,1.0\n1,0.5\n2,0.25\n"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk, and what killed writers leave
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _half_then_no_space(source, f, *rest):  # torch.save(obj, f) / copyfileobj(src, f, size)
+    f.write(b"PK\x03\x04 the first half")
+    _no_space()
+
+
+@pytest.mark.parametrize("writer", ["atomic_torch_save", "atomic_write_bytes", "atomic_copy"])
+def test_a_full_disk_removes_the_temporary_file_and_names_the_file(tmp_path, monkeypatch, writer):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"the previous checkpoint")
+    source = tmp_path / "new.pt"
+    source.write_bytes(b"the new checkpoint")
+    if writer == "atomic_torch_save":
+        monkeypatch.setattr(torch, "save", _half_then_no_space)
+        write = lambda: atomic_torch_save({"epoch": 2}, path)  # noqa: E731
+    elif writer == "atomic_write_bytes":
+        monkeypatch.setattr(os, "fsync", _no_space)  # the data reached the disk cache only
+        write = lambda: atomic_write_bytes(path, b"new bytes")  # noqa: E731
+    else:
+        monkeypatch.setattr(shutil, "copyfileobj", _half_then_no_space)
+        write = lambda: atomic_copy(source, path)  # noqa: E731
+    with pytest.raises(OSError) as e:
+        write()
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value) == f"[Errno 28] cannot write {path}: {os.strerror(errno.ENOSPC)}"
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "new.pt"]
+
+
+def test_atomic_copy_copies_and_names_a_missing_source(tmp_path):
+    data = bytes(range(256)) * 5000  # more than one chunk of the copy
+    (tmp_path / "a").write_bytes(data)
+    atomic_copy(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(FileNotFoundError, match=f"cannot read {missing}: "):
+        atomic_copy(missing, tmp_path / "c")
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_a_full_disk_during_a_log_append_names_the_log(tmp_path, monkeypatch):
+    log = RunLog(tmp_path, tensorboard=False)
+    log.log(0, {"loss": 1.0})
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if "a" in mode:
+            f.write = _no_space
+        return f
+
+    monkeypatch.setattr("builtins.open", full_open)
+    with pytest.raises(OSError) as e:
+        log.log(1, {"loss": 0.5})
+    monkeypatch.undo()
+    assert str(e.value) == (
+        f"[Errno 28] cannot write {tmp_path / 'log.csv'}: {os.strerror(errno.ENOSPC)}"
+    )
+    log.log(1, {"loss": 0.5})
+    assert csv_cells(tmp_path / "log.csv") == [["epoch", "loss"], ["0", "1.0"], ["1", "0.5"]]
+
+
+def test_stale_temp_files_are_swept_and_nothing_else(tmp_path):
+    stale = [".last.pt.0123456789ab.tmp", ".log.csv.a1b2c3d4e5f6.tmp", "epoch_0001.pt.tmp"]
+    kept = [
+        "last.pt",
+        "notes.tmp",  # not a name of ours
+        ".last.pt.tmp",  # no random part
+        ".last.pt.0123456789AB.tmp",  # upper-case hex: not written by us
+        ".last.pt.0123456789ab.tmp.bak",
+        "epoch_0001.pt",
+        "data.tmp",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".dir.0123456789ab.tmp").mkdir()  # a folder is never removed
+    removed = remove_stale_temp_files(tmp_path)
+    assert [p.name for p in removed] == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, ".dir.0123456789ab.tmp"])
+    assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_the_temporary_file_of_a_killed_write_is_one_the_sweep_removes(tmp_path, monkeypatch):
+    seen = []
+
+    def killed_save(obj, f):
+        seen.extend(os.listdir(tmp_path))  # the write in flight
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"epoch": 1}, tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert len(seen) == 1 and os.listdir(tmp_path) == []  # removed at once here; a kill -9
+    (tmp_path / seen[0]).write_bytes(b"half")  # would have left it: the sweep finds it
+    assert remove_stale_temp_files(tmp_path) == [tmp_path / seen[0]]

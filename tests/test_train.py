@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,8 @@ def test_resume_continues_exactly(tmp_path):
     train.main(_tiny_synthetic(split, "--train.max_steps=8"))
     stopped = torch.load(split / "last.pt", weights_only=True)
     assert stopped["epoch"] == 1 and stopped["step"] == 8
-    train.main(_tiny_synthetic(split, "--resume"))
+    # max_steps was part of the stopped run's config: dropping it is a change to allow
+    train.main(_tiny_synthetic(split, "--resume", "--resume-override", "train.max_steps"))
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 16
@@ -480,7 +482,9 @@ def test_resume_falls_back_past_a_damaged_last_checkpoint(tmp_path, capsys):
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 2])  # truncated
     capsys.readouterr()
-    train.main(_tiny_synthetic(run, "--train.epochs=4", "--resume"))
+    train.main(
+        _tiny_synthetic(run, "--train.epochs=4", "--resume", "--resume-override", "train.max_steps")
+    )
     err = capsys.readouterr().err
     assert f"warning: cannot read checkpoint {run / 'last.pt'}" in err
     assert f"resuming from {run / 'checkpoints' / 'epoch_0003.pt'} instead" in err
@@ -552,7 +556,407 @@ def test_a_run_writes_only_inside_its_run_folder(tmp_path, monkeypatch):
     top = set(os.listdir(ROOT))
     args = _tiny_synthetic(Path("runs") / "confined", "--train.epochs=2", "--save-predictions")
     train.main(args)
-    train.main([*args, "--resume", "--train.epochs=3"])
+    train.main([*args, "--resume", "--train.epochs=3", "--resume-override", "train.epochs"])
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert written and all(p.parts[:2] == ("runs", "confined") for p in written), written
     assert set(os.listdir(ROOT)) - top <= {".pytest_cache"}  # nothing new beside the code
+
+
+# --------------------------------------------------------------------------------------------
+# resuming with another config, temporary files, one error line for a run that cannot start
+
+
+def _small(out: Path, *extra: str) -> list[str]:
+    """``_tiny_synthetic`` with 8 training shapes (2 steps per epoch, the first epoch the
+    warm-up), evaluated (and plotted) after the last epoch only."""
+    small = ["--data.train_shapes=8", "--data.val_shapes=2", "--train.eval_every=100"]
+    return _tiny_synthetic(out, *small, *extra)
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes and modification time."""
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def test_resume_refuses_a_changed_config_and_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(_small(run, "--train.epochs=1"))
+    # what a killed run leaves: a hidden atomic-write temporary and an old-style copy temporary
+    stale = [run / ".last.pt.0123456789ab.tmp", run / "checkpoints" / "epoch_0001.pt.tmp"]
+    for path in stale:
+        path.write_bytes(b"x" * 10)
+    before = _snapshot(run)
+    capsys.readouterr()
+    changed = ["--data.train_shapes=12", "--data.seed=1", "--optim.lr=0.2"]
+    assert train.cli(_small(run, "--train.epochs=1", "--resume", *changed)) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: the config differs from the one checkpoint {run / 'last.pt'} was "
+        "trained with: data.train_shapes: 8 (checkpoint) -> 12 (requested); data.seed: 0 "
+        "(checkpoint) -> 1 (requested); optim.lr: 0.003 (checkpoint) -> 0.2 (requested); "
+        "resume with that config, or continue with the requested values with "
+        "--resume-override data.train_shapes data.seed optim.lr\n"
+    )
+    # a checkpoint named without --config: its own config plus the overrides, checked the same
+    assert train.cli(["--resume", str(run / "last.pt"), "--optim.lr=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: the config differs") and err.count("\n") == 1
+    assert "optim.lr: 0.003 (checkpoint) -> 0.2 (requested); resume with" in err
+    assert _snapshot(run) == before  # the stale files too: a refused run touches nothing
+    # the unchanged config resumes (nothing left to train) and sweeps the stale files first
+    assert train.cli(_small(run, "--train.epochs=1", "--resume")) == 0
+    out = capsys.readouterr().out
+    assert f"removed 2 temporary file(s) of a killed run: {stale[0]}, {stale[1]}" in out
+    assert not any(p.exists() for p in stale)
+    assert (run / "checkpoints" / "epoch_0001.pt").read_bytes() == before[
+        Path("checkpoints", "epoch_0001.pt")
+    ][0]
+
+
+def test_resume_override_continues_with_the_requested_values_in_force(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(_small(run, "--train.epochs=2"))  # 2 steps per epoch, 2 of warm-up
+    capsys.readouterr()
+    extend = ["--train.epochs=3", "--optim.lr=0.01", "--resume"]
+    train.main(_small(run, *extend, "--resume-override", "train.epochs", "optim.lr"))
+    assert (
+        f"resumed from {run / 'last.pt'} at epoch 3, with optim.lr: 0.003 (checkpoint) -> 0.01 "
+        "(requested); train.epochs: 2 (checkpoint) -> 3 (requested)"
+    ) in capsys.readouterr().out
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written == ckpt["config"]
+    assert (written["optim"]["lr"], written["train"]["epochs"], ckpt["step"]) == (0.01, 3, 6)
+    # the requested learning rate is the one in force, not the checkpoint's
+    assert ckpt["scheduler"]["base_lrs"] == [0.01, 0.01]
+    assert [g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]] == [0.01, 0.01]
+    rows = _read_log(run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # end of each cosine: min_lr (0.01) x lr, at step 4 of 4 under lr 0.003, 6 of 6 under 0.01
+    assert float(rows[1]["lr"]) == pytest.approx(0.003 * 0.01, rel=1e-9)
+    assert float(rows[2]["lr"]) == pytest.approx(0.01 * 0.01, rel=1e-9)
+
+
+def test_resume_override_refuses_unknown_keys_the_optimiser_and_mid_epoch_batches(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(_small(run, "--train.epochs=1"))
+    mid = tmp_path / "mid.pt"  # as if stopped by a signal after batch 2 of epoch 1
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt.update(batch=2, sums=[1.0, 1.0, 8.0])
+    torch.save(ckpt, mid)
+    before = _snapshot(run)
+    capsys.readouterr()
+    cases = [
+        (
+            ["--resume", "--resume-override", "train.epoch"],
+            "error: --resume-override: unknown key 'train.epoch'; did you mean 'train.epochs'?",
+        ),
+        (
+            ["--resume", "--optim.name=sgd", "--resume-override", "optim.name"],
+            f"error: --resume-override optim.name: checkpoint {run / 'last.pt'} holds the state "
+            "of adamw, which sgd cannot continue; start a new run",
+        ),
+        (
+            ["--resume", str(mid), "--data.seed=1", "--resume-override", "data.seed"],
+            f"error: --resume-override data.seed: checkpoint {mid} stopped inside epoch 1 (after "
+            "batch 2), whose batches data.seed would change; resume unchanged to the end of "
+            "that epoch first, or from a checkpoints/epoch_XXXX.pt",
+        ),
+    ]
+    for extra, message in cases:
+        assert train.cli(_small(run, "--train.epochs=1", *extra)) == 2
+        assert capsys.readouterr().err == message + "\n"
+    assert _snapshot(run) == before
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume-override", "train.epochs"])  # needs --resume
+    assert "--resume-override needs --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["last.pt", "checkpoints/epoch_0001.pt"])
+def test_a_full_disk_leaves_no_temporary_file_and_one_error_line(
+    tmp_path, monkeypatch, capsys, target
+):
+    import errno
+
+    from pcattn import runlog
+
+    def full(source, f, *rest):  # torch.save(obj, f) / shutil.copyfileobj(src, f, size)
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if target == "last.pt":
+        monkeypatch.setattr(torch, "save", full)
+    else:
+        monkeypatch.setattr(runlog.shutil, "copyfileobj", full)
+    run = tmp_path / "run"
+    assert train.cli(_small(run, "--train.epochs=1")) == 1
+    assert capsys.readouterr().err == (
+        f"error: [Errno 28] cannot write {run / target}: {os.strerror(errno.ENOSPC)}\n"
+    )
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert not (run / target).exists()
+    monkeypatch.undo()
+    if target != "last.pt":  # the epoch's last.pt was written before the copy failed
+        assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+
+
+def _fake_checkpoint(path: Path, epoch: int) -> None:
+    keys = ("model", "optimizer", "scheduler", "scaler", "rng", "config")
+    torch.save({**{k: {} for k in keys}, "epoch": epoch, "step": epoch}, path)
+
+
+def test_epoch_history_is_ordered_by_number_past_epoch_9999(tmp_path):
+    out = tmp_path / "run"
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True)
+    for n in range(9998, 10003):
+        (folder / f"epoch_{n:04d}.pt").write_bytes(str(n).encode())
+    (out / "last.pt").write_bytes(b"epoch 10003")
+    train.keep_history(out, 10002, 3)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "epoch_10001.pt",
+        "epoch_10002.pt",
+        "epoch_10003.pt",
+    ]
+    assert (folder / "epoch_10003.pt").read_bytes() == b"epoch 10003"
+    # --resume past a damaged last.pt takes the newest epoch by number, not by name
+    for p in folder.iterdir():
+        p.unlink()
+    _fake_checkpoint(folder / "epoch_9999.pt", 9998)
+    _fake_checkpoint(folder / "epoch_10000.pt", 9999)
+    ckpt, path = train.load_resume(out)
+    assert path == folder / "epoch_10000.pt" and ckpt["epoch"] == 9999
+
+
+def _write_file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _torch_file(path: Path) -> Path:
+    torch.save({"w": torch.ones(2)}, path)
+    return path
+
+
+DUPLICATE_SECTION = b"data:\n  seed: 1\ntrain:\n  epochs: 2\ndata:\n  seed: 3\n"
+
+
+def _truncated_checkpoint(path: Path) -> Path:
+    torch.save({"model": {"w": torch.ones(1000)}}, path)
+    return _write_file(path, path.read_bytes()[:500])
+
+
+# each case: (extra arguments given tmp_path, the error line, a regular expression when the
+# wording of a third-party message is not ours)
+BAD_RUNS = {
+    "truncated checkpoint": lambda t: (
+        ["--resume", str(_truncated_checkpoint(t / "cut.pt"))],
+        rf"error: cannot read checkpoint {t / 'cut.pt'}: \w+: .+",
+    ),
+    "not a checkpoint": lambda t: (
+        ["--resume", str(_write_file(t / "x.pt", b"not a checkpoint"))],
+        rf"error: cannot read checkpoint {t / 'x.pt'}: \w+: .+",
+    ),
+    "another torch file": lambda t: (
+        ["--resume", str(_torch_file(t / "w.pt"))],
+        f"error: {t / 'w.pt'} is not a train.py checkpoint: it lacks model, optimizer, "
+        "scheduler, scaler, rng, epoch, step, config",
+    ),
+    "config not UTF-8": lambda t: (
+        ["--config", str(_write_file(t / "latin1.yaml", b"train:\n  epochs: 2\n# caf\xe9\n"))],
+        f"error: {t / 'latin1.yaml'}: not UTF-8 text: byte 0xe9 at offset 24 (line 3); save "
+        "the file as UTF-8",
+    ),
+    "duplicate section": lambda t: (
+        ["--config", str(_write_file(t / "d.yaml", DUPLICATE_SECTION))],
+        f"error: {t / 'd.yaml'}, line 5, column 1: not valid YAML: duplicate key 'data' (first "
+        "at line 1)",
+    ),
+    "model.k 0": lambda t: (  # refused by the model's first forward (or by its constructor)
+        ["--model.k=0"],
+        r"error: model 'attention_net_cls'( cannot run on data 'synthetic')?: k must be >= 1, "
+        r"got 0",
+    ),
+    "seed out of range": lambda t: (
+        ["--train.seed=99999999999999999999"],
+        "error: override 'train.seed=99999999999999999999': train.seed must be <= 2**63 - 1 = "
+        "9223372036854775807, got 99999999999999999999",
+    ),
+    "one shape, batch 64": lambda t: (
+        ["--data.train_shapes=1", "--train.batch_size=64"],
+        "error: the training set of 1 shape(s) (data.train_shapes) gives batches of 1 shape(s) "
+        "with train.batch_size 64: the classification head's BatchNorm needs 2 per batch; use "
+        "at least 2 training shapes",
+    ),
+    "lr inf": lambda t: (
+        ["--optim.lr=.inf"],
+        "error: override 'optim.lr=.inf': optim.lr must be a finite number, got inf",
+    ),
+    "dropout nan": lambda t: (
+        ["--model.dropout=.nan"],
+        "error: override 'model.dropout=.nan': model.dropout must be a finite number, got nan",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_a_run_that_cannot_start_is_one_error_line_and_writes_nothing(case, tmp_path, capsys):
+    extra, message = BAD_RUNS[case](tmp_path)
+    run = tmp_path / "run"
+    assert train.cli(_small(run, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    if message.startswith("error: model") or "\\w" in message:
+        assert re.fullmatch(message, err[:-1]), err
+    else:
+        assert err[:-1] == message
+    assert not run.exists()
+
+
+def test_check_model_runs_refuses_what_the_first_forward_refuses_without_side_effects():
+    from torch_geometric.data import Data
+
+    from pcattn.config import ConfigError
+    from pcattn.experiment import check_model_runs
+
+    class Picky(torch.nn.Module):  # builds, then refuses its input at the first forward
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.k, self.lin, self.seen = k, torch.nn.Linear(3, 2), []
+
+        def forward(self, batch):
+            self.seen.append((self.training, torch.is_grad_enabled(), batch.num_graphs))
+            torch.rand(5)  # draws from the global generator
+            if self.k < 1:
+                raise ValueError(f"k must be >= 1, got {self.k}")
+            return self.lin(batch.pos)
+
+    items = [Data(pos=torch.randn(6, 3)) for _ in range(3)]
+    cfg = train.load_config(None, [])
+    good = Picky(4)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    check_model_runs(good, items, cfg)
+    assert good.seen == [(False, False, 1)] and good.training  # eval, no grad; mode restored
+    assert torch.equal(torch.rand(3), expected)  # torch's random state untouched
+    with pytest.raises(
+        ConfigError,
+        match=r"^model 'attention_net_cls' cannot run on data 'synthetic': k must be >= 1, got 0$",
+    ):
+        check_model_runs(Picky(0), items, cfg)
+
+
+def test_cuda_asked_for_without_cuda_is_refused_before_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert train.cli(_small(run, "--run.device=cuda")) == 2
+    assert re.fullmatch(
+        r"error: run\.device is 'cuda' but CUDA is not available \((torch is built without "
+        r"CUDA|no GPU is visible)\); use run\.device=cpu or auto\n",
+        capsys.readouterr().err,
+    )
+    assert not run.exists()
+
+
+def test_train_py_exits_2_with_one_line_for_an_unreadable_resume(tmp_path):
+    bad = _write_file(tmp_path / "bad.pt", b"not a checkpoint")
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *_small(run, "--resume", str(bad))],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(rf"error: cannot read checkpoint {bad}: \w+: .+\n", done.stderr)
+    assert not run.exists()
+
+
+def test_a_nan_loss_in_the_first_epoch_names_no_checkpoint(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"an earlier run's file")  # not this run's: never named
+    real = torch.nn.CrossEntropyLoss
+
+    class NaNLoss(real):
+        def forward(self, logits, target):
+            return super().forward(logits, target) * float("nan")
+
+    monkeypatch.setattr(train.nn, "CrossEntropyLoss", NaNLoss)
+    assert train.cli(_small(run)) == 1
+    assert capsys.readouterr().err == (
+        "error: loss is nan at epoch 1, step 1; no checkpoint of this run was written yet\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "num_train, batch_size, world, task, message",
+    [
+        (5, 4, 1, "classification", None),  # one batch of 4, the 5th shape dropped
+        (3, 4, 1, "classification", None),  # smaller than a batch: one batch of 3
+        (1, 64, 1, "segmentation", None),  # segmentation normalises over points: 1 shape works
+        (8, 4, 2, "classification", None),
+        (
+            1,
+            4,
+            1,
+            "classification",
+            "the training set of 1 shape(s) (data.train_shapes) gives batches of 1 shape(s) "
+            "with train.batch_size 4: the classification head's BatchNorm needs 2 per batch; "
+            "use at least 2 training shapes",
+        ),
+        (
+            3,
+            4,
+            2,
+            "classification",
+            "the training set of 3 shape(s) (data.train_shapes) gives batches of 1 shape(s) per "
+            "process (2 processes) with train.batch_size 4: the classification head's BatchNorm "
+            "needs 2 per batch; use at least 4 training shapes",
+        ),
+        (
+            1,
+            4,
+            2,
+            "segmentation",
+            "the training set of 1 shape(s) (data.train_shapes) gives batches of 0 shape(s) per "
+            "process (2 processes) with train.batch_size 4: there is nothing to train on; use "
+            "at least 2 training shapes",
+        ),
+        (
+            8,
+            2,
+            2,
+            "classification",
+            "train.batch_size (2) must give every process at least 2 shapes: the "
+            "classification head's BatchNorm needs 2 per batch",
+        ),
+        (8, 3, 2, "segmentation", "train.batch_size (3) must be divisible by the number of"),
+    ],
+)
+def test_train_batches_are_refused_exactly_when_a_batch_would_be_too_small(
+    num_train, batch_size, world, task, message
+):
+    from pcattn.config import ConfigError
+    from pcattn.data import SyntheticParts
+    from pcattn.distributed import Distributed
+
+    cfg = train.load_config(None, [f"train.batch_size={batch_size}", f"data.task={task}"])
+    if message is not None:
+        with pytest.raises(ConfigError, match="^" + re.escape(message)):
+            train.check_train_batches(cfg, num_train, world, task)
+        return
+    train.check_train_batches(cfg, num_train, world, task)
+    # what the loaders of every process then give: no batch smaller than the model needs
+    data = SyntheticParts(num_train, split="train", num_points=16, task=task)
+    sizes = [
+        b.num_graphs
+        for rank in range(world)
+        for b in train.make_loader(data, cfg, Distributed(rank, world), train=True)
+    ]
+    expected = {5: [4], 3: [3], 1: [1], 8: [2] * 4}[num_train]
+    assert sizes == expected

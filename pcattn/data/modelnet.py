@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 from torch_geometric.data import Data
 
-from .base import CachedDataset, DatasetError, Entry
+from .base import CachedDataset, DatasetError, Entry, read_h5_dataset
 from .off import parse_off, sample_surface
 
 __all__ = [
@@ -240,8 +240,8 @@ class ModelNet(CachedDataset):
         seed: seed of the surface sampling for ``"off"``; each shape's points depend only on
             this seed and the shape's id (default: ``0``).
         transform: applied to each item on access (default: ``None``).
-        cache_dir: where the parsed cache is kept (default: ``<root>/processed`` or the user
-            cache when the root is read-only).
+        cache_dir: the folder the parsed cache is kept in (default: ``None``: the user cache,
+            ``$PCATTN_CACHE`` or ``~/.cache/pcattn``; see :mod:`pcattn.data.base`).
         progress: show a progress bar while parsing (default: ``True``).
     """
 
@@ -418,7 +418,7 @@ class ModelNet(CachedDataset):
                         found = ", ".join(sorted(map(str, h5))) or "-"
                         raise DatasetError(f"{path}: no {key!r} dataset (found: {found})")
                 shape = h5["data"].shape
-                label = np.asarray(h5["label"][()])
+                label = read_h5_dataset(h5["label"], path, "label")
                 normal = h5.get("normal")
                 normal_shape = normal.shape if isinstance(normal, h5py.Dataset) else None
         except DatasetError:
@@ -524,9 +524,13 @@ class ModelNet(CachedDataset):
         if self._h5 is None or self._h5[0] != path:
             try:
                 with h5py.File(path, "r") as h5:
-                    arrays = {"data": np.asarray(h5["data"][()], dtype=np.float32)}
+                    data = read_h5_dataset(h5["data"], path, "data")
+                    arrays = {"data": np.asarray(data, dtype=np.float32)}
                     if self.use_normals and isinstance(h5.get("normal"), h5py.Dataset):
-                        arrays["normal"] = np.asarray(h5["normal"][()], dtype=np.float32)
+                        normal = read_h5_dataset(h5["normal"], path, "normal")
+                        arrays["normal"] = np.asarray(normal, dtype=np.float32)
+            except DatasetError:
+                raise
             except Exception as err:  # damaged after the check, or the data block itself
                 raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from None
             self._h5 = (path, arrays)

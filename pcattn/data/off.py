@@ -13,9 +13,9 @@ meshes are distributed (``ModelNet40/<class>/{train,test}/<class>_XXXX.off``). A
 :func:`parse_off` reads what real ModelNet files contain besides that: a header fused with the
 counts (``OFF3514 3546 0``), CRLF line ends, ``#`` comments, blank lines, polygons with more
 than three vertices (fan-triangulated) and colour values after a face's indices. Anything else
-that is wrong (a truncated file, a count that does not match, a non-numeric or non-finite
-value, a face index out of range) raises :class:`~pcattn.data.base.DatasetError` naming the
-file and line.
+that is wrong (a truncated file, a count that does not match or that the file is too small
+to hold, a non-numeric or non-finite value, a face index out of range) raises
+:class:`~pcattn.data.base.DatasetError` naming the file and line.
 
 :func:`sample_surface` draws points uniformly on the surface (faces chosen with probability
 proportional to their area, then a uniform point inside the face), each with its face's unit
@@ -105,6 +105,15 @@ def parse_off(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     nv, nf, *_ = (_number(t, int, name, lineno, "counts") for t in counts)
     if nv < 0 or nf < 0:
         raise DatasetError(f"{name}:{lineno}: negative count in 'vertices faces edges'")
+    # every vertex and face takes a line of at least two bytes (a value and a line break, which
+    # the last line may omit): refuse counts the file cannot hold before looping over them
+    rest = len(data) - sum(len(line) + 1 for line in lines[:lineno])
+    if 2 * (nv + nf) - 1 > rest:
+        raise DatasetError(
+            f"{name}:{lineno}: counts claim {nv} vertices and {nf} faces, more than the file can "
+            f"hold ({max(rest, 0)} bytes follow the counts line, room for at most "
+            f"{(max(rest, 0) + 1) // 2} lines)"
+        )
 
     # vertices: one 'x y z' line each
     coords: list[float] = []

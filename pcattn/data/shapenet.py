@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.data import Data
 
-from .base import CachedDataset, DatasetError, Entry
+from .base import CachedDataset, DatasetError, Entry, read_h5_dataset
 
 __all__ = [
     "CATEGORY_PARTS",
@@ -643,7 +643,10 @@ def _h5_arrays(path: Path, names: Sequence[str], optional: Sequence[str] = ()) -
                     f"{path}: no {absent[0]!r} dataset (has {sorted(f.keys())}; expected "
                     "data, label, pid)"
                 )
-            out = {n: np.asarray(f[n]) for n in [*names, *(o for o in optional if o in f)]}
+            out = {
+                n: read_h5_dataset(f[n], path, n)
+                for n in [*names, *(o for o in optional if o in f)]
+            }
     except OSError as err:
         raise DatasetError(f"{path}: not a readable HDF5 file ({err})") from None
     for n, a in out.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -81,33 +80,6 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(toy_root, tmp_path):
         changed = Toy(toy_root, split="train", cache_dir=cache, progress=False)
     assert Toy.reads == 4 and changed[0].pos.shape == (4, 3)
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # the stale cache is gone
-
-
-def test_read_only_root_caches_elsewhere(toy_root, tmp_path, monkeypatch):
-    import pcattn.data.base as base
-
-    monkeypatch.setenv("PCATTN_CACHE", str(tmp_path / "elsewhere"))
-    real_access = os.access
-    # the data folder reports itself read-only (as a mounted dataset would)
-    monkeypatch.setattr(
-        base.os,
-        "access",
-        lambda p, mode: False if str(p).startswith(str(toy_root)) else real_access(p, mode),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = Toy(toy_root, split="train", progress=False)
-    assert ds.cache_path().parent == tmp_path / "elsewhere"
-    assert (ds.cache_path() / "done").exists()
-    assert not (toy_root / "processed").exists()
-
-
-def test_default_cache_is_beside_the_data_when_writable(toy_root):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = Toy(toy_root, split="train", progress=False)
-    assert ds.cache_path().parent == toy_root / "processed"
-    assert (ds.cache_path() / "done").exists()
 
 
 def test_wrong_root_and_empty_split_say_what_is_expected(tmp_path):

@@ -425,6 +425,40 @@ def test_hdf5_unreadable_and_missing_files(tmp_path):
         _build(root, split="test", cache_dir=tmp_path / "c")
 
 
+@pytest.mark.parametrize("claim", ["label", "data"])
+def test_hdf5_shape_claiming_more_than_the_file_stores(tmp_path, claim):
+    # a chunked dataset never written claims any shape in a few KB: reading it would allocate
+    # and fill the whole claim before any check
+    root = tmp_path / "h5"
+    root.mkdir()
+    (root / "shape_names.txt").write_text("\n".join(MODELNET40_CLASSES))
+    path = root / "ply_data_train0.h5"
+    with h5py.File(path, "w") as h5:
+        if claim == "label":
+            h5.create_dataset("data", data=np.zeros((2, 8, 3), np.float32))
+            h5.create_dataset("label", shape=(10**8, 1), dtype="u1", chunks=(1024, 1))
+            shape, size = (10**8, 1), 10**8
+        else:
+            h5.create_dataset("data", shape=(2, 10**7, 3), dtype="f4", chunks=(1, 1024, 3))
+            h5.create_dataset("label", data=np.zeros((2, 1), np.uint8))
+            shape, size = (2, 10**7, 3), 2 * 10**7 * 3 * 4
+    assert path.stat().st_size < 1 << 16
+    message = f"{path}: '{claim}' claims shape {shape} ({size} bytes) but the file stores only 0"
+    with pytest.raises(DatasetError, match="^" + re.escape(message) + " bytes of it$"):
+        _build(root, cache_dir=tmp_path / "c")
+
+
+def test_a_mesh_whose_counts_the_file_cannot_hold_is_named(tmp_path):
+    path = tmp_path / "ModelNet40/chair/train/chair_0001.off"
+    path.parent.mkdir(parents=True)
+    path.write_text("OFF\n100000000000000 1 0\n0 0 0\n")
+    with pytest.raises(
+        DatasetError,
+        match="^" + re.escape(f"{path}:2: counts claim 100000000000000 vertices and 1 faces"),
+    ):
+        _build(tmp_path / "ModelNet40", cache_dir=tmp_path / "c")
+
+
 # --------------------------------------------------------------------------------------------
 # roots and arguments
 # --------------------------------------------------------------------------------------------

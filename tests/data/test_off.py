@@ -208,6 +208,16 @@ _CUT_FACES = _SQUARE.rsplit("3 0 2 3", 1)[0]
         ("OFFx 2 0\n", "1: counts: expected an integer, got 'x'"),
         ("OFF\n-1 0 0\n", "2: negative count in 'vertices faces edges'"),
         (_CUT_VERTS, "5: file ends after 2 of 4 vertices"),
+        (
+            "OFF\n100000000000000 1 0\n0 0 0\n",
+            "2: counts claim 100000000000000 vertices and 1 faces, more than the file can hold "
+            "(6 bytes follow the counts line, room for at most 3 lines)",
+        ),
+        (
+            "OFF 3 100000000000000 0",
+            "1: counts claim 3 vertices and 100000000000000 faces, more than the file can hold "
+            "(0 bytes follow the counts line, room for at most 0 lines)",
+        ),
         (_CUT_VERTS + "1 1", "5: vertex 2 has 2 values, expected 3 (x y z)"),
         (_CUT_FACES, "8: file ends after 1 of 2 faces"),
         (_CUT_FACES + "3 0 2", "8: face 1 declares 3 vertices but lists 2"),

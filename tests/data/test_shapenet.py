@@ -4,6 +4,7 @@ written here in the official layout, every error, parser fuzzing and the cache."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -470,6 +471,22 @@ def test_hdf5_errors(tmp_path):
         ShapeNetPart(root, split="train", cache_dir=tmp_path / "c", progress=False)
     path.write_bytes(b"not hdf5 at all")
     with pytest.raises(DatasetError, match=r"ply_data_train0\.h5: not a readable HDF5 file"):
+        ShapeNetPart(root, split="train", cache_dir=tmp_path / "c", progress=False)
+
+
+def test_hdf5_shape_claiming_more_than_the_file_stores(tmp_path):
+    # a chunked dataset never written claims any shape in a few KB: reading it would allocate
+    # and fill the whole claim (here 100 MB of the fill value 255) before any check
+    root = tmp_path / "hdf5_data"
+    root.mkdir()
+    path = root / "ply_data_train0.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.zeros((1, 8, 3), np.float32))
+        f.create_dataset("label", shape=(10**8, 1), dtype="u1", chunks=(1024, 1), fillvalue=255)
+        f.create_dataset("pid", data=np.zeros((1, 8), np.uint8))
+    assert path.stat().st_size < 1 << 16
+    message = f"{path}: 'label' claims shape (100000000, 1) (100000000 bytes) but the file "
+    with pytest.raises(DatasetError, match="^" + re.escape(message + "stores only 0 bytes of it")):
         ShapeNetPart(root, split="train", cache_dir=tmp_path / "c", progress=False)
 
 
