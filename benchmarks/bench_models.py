@@ -13,6 +13,8 @@ neighbour axis):
 * ``DGCNNCls`` vs the authors' DGCNN classifier (``k = 20``, ``emb 1024``: kNN as a matmul and
   ``topk`` of negative squared distances, edge features ``[x_j - x_i; x_i]`` of shape
   ``(B, 2C, N, k)``, ``Conv2d`` + ``BatchNorm2d`` + LeakyReLU, max over ``k``);
+* the feature-space kNN of DGCNN's dynamic graphs: ``knn_graph`` on 64- and 128-d features
+  (exact, ties by index) against the reference's matmul + ``topk``;
 * ``PointTransformerCls`` and ``AttentionNetCls`` alone (no reference architecture is written
   here yet), so their footprint is on record.
 
@@ -49,6 +51,7 @@ from torch.utils._pytree import tree_flatten
 from torch_geometric.data import Batch, Data
 
 from pcattn.data import ModelNet
+from pcattn.graphs import knn_graph
 from pcattn.models import AttentionNetCls, DGCNNCls, PointNet2Cls, PointTransformerCls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,6 +308,20 @@ PAIRS = {
 }
 
 
+def feature_knn_rows(clouds: int, points: int, repeats: int, k: int = 20) -> None:
+    """DGCNN's dynamic graph: ``knn_graph`` on features against matmul + ``topk``."""
+    print("\n| feature-space kNN | ours (ms) | matmul + topk (ms) | ratio |")
+    print("|---|---:|---:|---:|")
+    batch = torch.arange(clouds).repeat_interleave(points)
+    for dim in (64, 128):
+        x = torch.randn(clouds * points, dim, generator=torch.Generator().manual_seed(dim))
+        dense = x.view(clouds, points, dim).transpose(1, 2)  # (B, C, N)
+        t = paired_ms(lambda x=x: knn_graph(x, k, batch, loop=True),
+                      lambda d=dense: knn_idx(d, k), repeats)  # fmt: skip
+        print(f"| {clouds} x {points:,}, {dim} dims, k = {k} | {t[0]:.0f} | {t[1]:.0f} "
+              f"| {t[0] / t[1]:.2f} |", flush=True)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=1024)
@@ -351,6 +368,7 @@ def main() -> None:
                 f"| {mem[0] / mem[1]:.2f} |",
                 flush=True,
             )
+    feature_knn_rows(args.clouds, args.points, args.repeats)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ def knn_graph(
         k: neighbours per point; every cloud needs ``k`` points (``k + 1`` when ``loop=False``).
         batch: sample of each point ``(N,)``, sorted (default: one cloud).
         loop: count the point itself among its ``k`` neighbours (default: ``False``).
-        method: ``"auto"`` (default), ``"kdtree"`` (CPU) or ``"brute"`` (any device).
+        method: ``"auto"`` (default), ``"kdtree"`` (CPU), ``"brute"`` or ``"matmul"`` (any
+            device); ``"auto"`` takes ``"matmul"`` from 8 dimensions (feature spaces), exact
+            like the others (:func:`pcattn.search.knn_search`).
 
     Returns:
         ``edge_index (2, N * k)``; ``edge_index[1]`` is ``0, ..., 0, 1, ..., 1, ...``
@@ -117,7 +119,9 @@ def knn_graph(
         return torch.empty(2, 0, dtype=torch.long, device=pos.device)
     counts = batch_sizes(batch, pos.size(0))
     _check_cloud_sizes(counts, k + (0 if loop else 1), f"knn_graph(k={k}, loop={loop})")
-    idx, _ = knn_search(pos, pos, k, batch, batch, self_index=not loop, method=method, name="pos")
+    idx, _ = knn_search(
+        pos, pos, k, batch, batch, self_index=not loop, method=method, name="pos", distances=False
+    )
     return _edges_from_rows(idx, dense=True)
 
 
@@ -145,7 +149,8 @@ def knn(
         y: query points ``(Ny, D)``.
         k: neighbours per query; each cloud of ``x`` needs at least ``k`` points.
         batch_x, batch_y: sample of each point, sorted (default: one cloud each).
-        method: ``"auto"`` (default), ``"kdtree"`` or ``"brute"``.
+        method: ``"auto"`` (default), ``"kdtree"``, ``"brute"`` or ``"matmul"`` (as
+            :func:`knn_graph`).
 
     Returns:
         ``edge_index (2, Ny * k)`` sorted by target (query), nearest first.
@@ -175,7 +180,7 @@ def knn(
     if empty.numel() > 0:
         raise ValueError(f"knn: y has points in sample {int(empty[0])} but x has none there")
     _check_cloud_sizes(counts_x[used], k, f"knn(k={k}): x")
-    idx, _ = knn_search(x, y, k, batch_x, batch_y, method=method, name="x and y")
+    idx, _ = knn_search(x, y, k, batch_x, batch_y, method=method, name="x and y", distances=False)
     return _edges_from_rows(idx, dense=True)
 
 

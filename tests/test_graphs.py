@@ -655,5 +655,5 @@ def test_bad_graph_arguments_are_refused():
         graphs.to_csr(torch.tensor([[0, 1], [2, 0]]))
     with pytest.raises(ValueError, match=r"x must have shape \(batch_size \* height \* width, C\)"):
         graphs.nodes_to_image(torch.zeros(5, 2), 1, 2, 3)
-    with pytest.raises(ValueError, match="method must be 'auto', 'kdtree' or 'brute'"):
+    with pytest.raises(ValueError, match="method must be 'auto', 'kdtree', 'brute' or 'matmul'"):
         graphs.knn_graph(_cloud(0, 5), 2, method="faiss")
