@@ -15,6 +15,13 @@ Two addressing modes:
 Conventions shared with PyG / torch-scatter: a node with no incoming edge gets ``0`` for every
 reduction (not ``-inf`` or NaN).
 
+Fixed-degree graphs: when every target has exactly ``k`` edges, sorted by target (a kNN graph;
+detected with one comparison per edge), the edges are a view ``(N, k, *)``: :func:`scatter` /
+:func:`scatter_csr` reduce over its middle axis (sums and means only outside
+:func:`deterministic`, whose contract is the edge order), :func:`segment_softmax` is a softmax
+over it, and :func:`vector_attention` reduces each chunk of whole targets that way. The segment
+and scatter kernels stay the reference the tests hold these paths to.
+
 Kernel choice (measured, ``benchmarks/bench_ops.py``): rows with few trailing values (``< 16``,
 e.g. scores ``(E, H)``) reduce fastest with CSR segment kernels, wide rows (features ``(E, C)``)
 with index scatter kernels, so every function picks by width and by what it was given.
@@ -72,6 +79,9 @@ _state = {
     "deterministic": False,
     # "auto", True or False; PCATTN_NO_TORCH_SCATTER=1 turns it off for a whole process
     "torch_scatter": False if os.environ.get("PCATTN_NO_TORCH_SCATTER") == "1" else "auto",
+    # fixed-degree graphs (kNN) reduce as dense (N, k, *) views; off only to test against the
+    # segment and scatter kernels, which stay the reference
+    "dense_fixed_degree": True,
 }
 _torch_scatter = None  # the module once imported; False when not installed
 
@@ -166,6 +176,30 @@ def ptr_to_index(ptr: Tensor) -> Tensor:
     num_nodes = ptr.numel() - 1
     counts = ptr[1:] - ptr[:-1]  # (N,)
     return torch.repeat_interleave(torch.arange(num_nodes, device=ptr.device), counts)
+
+
+def _fixed_degree(index: Tensor | None, ptr: Tensor | None, n: int, e: int) -> int:
+    """``k`` when each of the ``n`` targets has exactly ``k >= 1`` edges, sorted by target (a
+    kNN graph: the edges are a view ``(n, k, *)``), else 0. One comparison per edge."""
+    if n == 0 or e == 0 or e % n or not _state["dense_fixed_degree"]:
+        return 0
+    k = e // n
+    if ptr is not None:
+        want = torch.arange(n + 1, device=ptr.device, dtype=ptr.dtype) * k
+        return k if torch.equal(ptr, want) else 0
+    rows = torch.arange(n, device=index.device, dtype=index.dtype).view(n, 1).expand(n, k)
+    return k if torch.equal(index.view(n, k), rows) else 0
+
+
+def _dense(src: Tensor, n: int, k: int, reduce: str) -> Tensor:
+    """:func:`scatter` of a fixed-degree graph: a reduction over the middle axis of
+    ``(n, k, *)``."""
+    view = src.view((n, k) + src.shape[1:])
+    if reduce == "sum":
+        return view.sum(1)
+    if reduce == "mean":
+        return view.mean(1)
+    return view.amax(1) if reduce == "max" else view.amin(1)
 
 
 def _is_sorted(index: Tensor) -> bool:
@@ -330,7 +364,7 @@ def _extremum(
         deg = ptr[1:] - ptr[:-1]  # (N,)
         k = int(deg.max()) if n > 0 else 0
         if k > 0 and n * k <= 2 * e:
-            if n * k == e:  # every target has k edges: a view, no copy
+            if _fixed_degree(None, ptr, n, e):  # every target has k edges: a view, no copy
                 dense = src.view((n, k) + rest)  # (N, k, *)
             else:
                 index = ptr_to_index(ptr) if index is None else index
@@ -404,6 +438,9 @@ def scatter(src: Tensor, index: Tensor, dim_size: int | None = None, reduce: str
         return ts.scatter(src, index, dim=0, dim_size=n, reduce=reduce)
     if reduce in _AMAX and src.requires_grad and torch.is_grad_enabled():
         return _Extremum.apply(src, index, None, n, reduce)
+    k = _fixed_degree(index, None, n, src.size(0))
+    if k and (reduce in _AMAX or not is_deterministic()):
+        return _dense(src, n, k, reduce)
     return _reduce(src, index, None, n, reduce)
 
 
@@ -432,6 +469,9 @@ def scatter_csr(src: Tensor, ptr: Tensor, reduce: str = "sum") -> Tensor:
         return ts.segment_csr(src, ptr, reduce=reduce)
     if reduce in _AMAX and src.requires_grad and torch.is_grad_enabled():
         return _Extremum.apply(src, None, ptr, n, reduce)
+    k = _fixed_degree(None, ptr, n, src.size(0))
+    if k and (reduce in _AMAX or not is_deterministic()):
+        return _dense(src, n, k, reduce)
     index = ptr_to_index(ptr) if _wide(src) else None
     return _reduce(src, index, ptr, n, reduce)
 
@@ -501,6 +541,9 @@ def segment_softmax(src: Tensor, index: Tensor, num_nodes: int | None = None) ->
         return src.clone()
     if index.dtype != torch.int64:
         index = index.long()
+    k = _fixed_degree(index, None, n, src.size(0))
+    if k:  # a kNN graph: a softmax over the middle axis of (N, k, *)
+        return torch.softmax(src.view((n, k) + src.shape[1:]), dim=1).view_as(src)
     # segment kernels pay off for narrow rows when the edges happen to be target-sorted
     if not _wide(src) and _is_sorted(index):
         return _SegmentSoftmax.apply(src, None, _ptr(index, n), n)
@@ -521,8 +564,12 @@ def segment_softmax_csr(src: Tensor, ptr: Tensor) -> Tensor:
         return src.clone()
     if ptr.dtype != torch.int64:
         ptr = ptr.long()
+    n = ptr.numel() - 1
+    k = _fixed_degree(None, ptr, n, src.size(0))
+    if k:  # a kNN graph: a softmax over the middle axis of (N, k, *)
+        return torch.softmax(src.view((n, k) + src.shape[1:]), dim=1).view_as(src)
     index = ptr_to_index(ptr) if _wide(src) else None  # narrow rows never need the index
-    return _SegmentSoftmax.apply(src, index, ptr, ptr.numel() - 1)
+    return _SegmentSoftmax.apply(src, index, ptr, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,8 +725,10 @@ class _VectorAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, query, key, values, pos, src, dst, n_dst, cf, share, pos_in_logits,
-                chunk):  # fmt: skip
+                chunk, k):  # fmt: skip
         e, c = src.numel(), values.size(1)
+        if k:  # a fixed-degree graph: chunks of whole targets, reduced as (R, k, *) views
+            chunk = max(k, chunk // k * k)
         m = values.new_full((n_dst, cf), float("-inf"))  # running max per target and group
         s = values.new_zeros(n_dst, cf)  # running sum of exp(logit - m)
         acc = values.new_zeros(n_dst, c)  # running weighted sum of messages
@@ -690,6 +739,18 @@ class _VectorAttention(torch.autograd.Function):
             r0, r1 = int(dst_c[0]), int(dst_c[-1]) + 1
             local = dst_c - r0  # (E_c,) target within the chunk's rows
             z = _chunk_logits(terms, src_c, dst_c, a, b)  # (E_c, Cf)
+            if k:
+                zv = z.view(-1, k, cf)  # (R, k, Cf): every target of the chunk is whole
+                m[r0:r1] = zv.amax(1)
+                p = zv.sub_(m[r0:r1, None]).exp_()  # (R, k, Cf) unnormalised weights
+                s[r0:r1] = p.sum(1)
+                msg = values.index_select(0, src_c)  # (E_c, C)
+                if pos is not None:
+                    msg += pos[a:b]
+                _grouped(msg, cf, share).mul_(_score_view(p.view(-1, cf), share))
+                acc[r0:r1] = msg.view(-1, k, c).sum(1)
+                del z, zv, p, msg
+                continue
             cmax = m.new_full((r1 - r0, cf), float("-inf"))
             cmax.scatter_reduce_(0, local[:, None].expand_as(z), z, "amax")
             m_old = m[r0:r1]
@@ -711,6 +772,7 @@ class _VectorAttention(torch.autograd.Function):
         lse = torch.where(has, m + s.clamp_min(1e-38).log(), 0.0)  # (N_dst, Cf)
         ctx.save_for_backward(logits, query, key, values, pos, src, dst, lse, out)
         ctx.cf, ctx.share, ctx.pos_in_logits, ctx.chunk = cf, share, pos_in_logits, chunk
+        ctx.k = k
         return out
 
     @staticmethod
@@ -748,13 +810,16 @@ class _VectorAttention(torch.autograd.Function):
             g_z = w.mul_(g_w.sub_(dot.index_select(0, dst_c)))  # (E_c, Cf) dL/d logit
             if need[0]:
                 g_log[a:b] = g_z
-            if need[1]:
+            if need[1] and ctx.k:
+                r0 = a // ctx.k
+                g_q[r0 : r0 + (b - a) // ctx.k] += g_z.view(-1, ctx.k, cf).sum(1)
+            elif need[1]:
                 g_q.index_add_(0, dst_c, g_z)
             if need[2]:
                 g_k.index_add_(0, src_c, g_z)
             if need[4] and ctx.pos_in_logits:
                 g_pos[a:b] += g_z
-        return g_log, g_q, g_k, g_v, g_pos, None, None, None, None, None, None, None
+        return g_log, g_q, g_k, g_v, g_pos, None, None, None, None, None, None, None, None
 
 
 def _chunk_logits(terms, src_c: Tensor, dst_c: Tensor, a: int, b: int) -> Tensor:
@@ -880,6 +945,7 @@ def vector_attention(
         share,
         pos_in_logits,
         chunk_edges,
+        _fixed_degree(dst, None, int(num_dst), e),
     )
 
 

@@ -285,16 +285,23 @@ def _matmul(x, y, k, batch_x, batch_y, self_index, chunk_elements, distances):
     kk = min(k + _EXTRA, nx_max)
     vals = torch.empty((b, ny_max, kk), dtype=work, device=device)
     ids = torch.empty((b, ny_max, kk), dtype=torch.long, device=device)
+    # blocks of whole clouds, or of query rows of one cloud: at most chunk_elements products
     step = max(1, chunk_elements // max(1, nx_max * ny_max))
+    rows_per = max(1, chunk_elements // nx_max)
     for c0 in range(0, b, step):
         c1 = min(b, c0 + step)
-        v = torch.baddbmm(xx[c0:c1, None, :], ys[c0:c1], xs[c0:c1].transpose(1, 2), alpha=-2)
-        v.add_(yy[c0:c1, :, None])
-        if padded:
-            v.masked_fill_(col_pad[c0:c1, None, :], math.inf)
-        if self_index:
-            v.diagonal(dim1=1, dim2=2).fill_(math.inf)  # the query's own column
-        vals[c0:c1], ids[c0:c1] = torch.topk(v, kk, dim=2, largest=False, sorted=True)
+        for r0 in range(0, ny_max, rows_per):
+            r1 = min(ny_max, r0 + rows_per)
+            xt = xs[c0:c1].transpose(1, 2)  # (b, D, n_x max)
+            v = torch.baddbmm(xx[c0:c1, None, :], ys[c0:c1, r0:r1], xt, alpha=-2)
+            v.add_(yy[c0:c1, r0:r1, None])  # (b, rows, n_x max)
+            if padded:
+                v.masked_fill_(col_pad[c0:c1, None, :], math.inf)
+            if self_index:
+                v.diagonal(offset=r0, dim1=1, dim2=2).fill_(math.inf)  # the query's own column
+            found = torch.topk(v, kk, dim=2, largest=False, sorted=True)
+            vals[c0:c1, r0:r1], ids[c0:c1, r0:r1] = found
+            del v
     vals, ids, err = vals[by, py], ids[by, py] + ptr_x[:-1][by, None], err[by, py]  # (M, kk)
     if not bool(torch.isfinite(vals[:, :k]).all()):
         return None  # a cloud with fewer than k points (upstream checks refuse them)

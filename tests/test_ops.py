@@ -573,3 +573,116 @@ def test_max_of_all_negative_infinity_stays_in_its_row():
     assert out.view(-1).tolist() == [float("-inf"), 3.0, 5.0]
     (grad,) = torch.autograd.grad(out.sum(), src)
     assert grad.view(-1).tolist() == [1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------
+# fixed-degree graphs (kNN): dense (N, k, *) views against the segment and scatter kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _both(monkeypatch, fn):
+    """``fn()`` with the dense fixed-degree paths on (checked to be taken), then with the
+    reference kernels."""
+    found = []
+    detect = ops._fixed_degree
+
+    def spy(*args):
+        found.append(detect(*args))
+        return found[-1]
+
+    monkeypatch.setattr(ops, "_fixed_degree", spy)
+    dense = fn()
+    assert any(found), "the dense path was not taken"
+    monkeypatch.setitem(ops._state, "dense_fixed_degree", False)
+    ref = fn()
+    monkeypatch.setitem(ops._state, "dense_fixed_degree", True)
+    return dense, ref
+
+
+def test_fixed_degree_is_detected_exactly():
+    index = torch.arange(5).repeat_interleave(3)
+    assert ops._fixed_degree(index, None, 5, 15) == 3
+    assert ops._fixed_degree(None, ops.index_to_ptr(index, 5), 5, 15) == 3
+    assert ops._fixed_degree(index, None, 6, 15) == 0  # a sixth target without edges
+    assert ops._fixed_degree(index.flip(0), None, 5, 15) == 0  # not sorted by target
+    uneven = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4])  # same E, degrees vary
+    assert ops._fixed_degree(uneven, None, 5, 15) == 0
+
+
+@pytest.mark.parametrize("reduce", ops.REDUCTIONS)
+@pytest.mark.parametrize("trailing", [(), (3,), (2, 4)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_fixed_degree_scatter_equals_the_kernels(monkeypatch, reduce, trailing, grad):
+    g = torch.Generator().manual_seed(6)
+    n, k = 20, 6
+    index = torch.arange(n).repeat_interleave(k)
+    src = torch.randn((n * k,) + trailing, generator=g, dtype=torch.float64)
+    src[1] = src[0]  # a tie in the max / min of the first target
+    src.requires_grad_(grad)
+    ptr = ops.index_to_ptr(index, n)
+    for run in (
+        lambda: ops.scatter(src, index, n, reduce),
+        lambda: ops.scatter_csr(src, ptr, reduce),
+    ):
+        dense, ref = _both(monkeypatch, run)
+        torch.testing.assert_close(dense, ref, atol=1e-12, rtol=0)
+        if grad:
+            grad_out = torch.randn(dense.shape, generator=g, dtype=torch.float64)
+            (gd,) = torch.autograd.grad(dense, src, grad_out)
+            (gr,) = torch.autograd.grad(ref, src, grad_out)
+            torch.testing.assert_close(gd, gr, atol=1e-12, rtol=0)  # ties: the first edge
+
+
+@pytest.mark.parametrize("trailing", [(), (4,), (2, 3)])
+def test_fixed_degree_softmax_equals_the_kernels(monkeypatch, trailing):
+    g = torch.Generator().manual_seed(7)
+    n, k = 15, 5
+    index = torch.arange(n).repeat_interleave(k)
+    src = (30 * torch.randn((n * k,) + trailing, generator=g, dtype=torch.float64)).requires_grad_()
+    ptr = ops.index_to_ptr(index, n)
+    for run in (
+        lambda: ops.segment_softmax(src, index, n),
+        lambda: ops.segment_softmax_csr(src, ptr),
+    ):
+        dense, ref = _both(monkeypatch, run)
+        torch.testing.assert_close(dense, ref, atol=1e-12, rtol=0)
+        grad_out = torch.randn(dense.shape, generator=g, dtype=torch.float64)
+        (gd,) = torch.autograd.grad(dense, src, grad_out, create_graph=True)
+        (gr,) = torch.autograd.grad(ref, src, grad_out, create_graph=True)
+        torch.testing.assert_close(gd, gr, atol=1e-12, rtol=0)
+        (ggd,) = torch.autograd.grad(gd.sum(), src)  # twice differentiable, as the kernel
+        (ggr,) = torch.autograd.grad(gr.sum(), src)
+        torch.testing.assert_close(ggd, ggr, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("share", ["interleaved", "contiguous"])
+@pytest.mark.parametrize("chunk", [None, 7, 13])  # chunks shrink to whole targets
+@pytest.mark.parametrize("pos_in_logits", [False, True])
+def test_fixed_degree_vector_attention_equals_the_kernel(monkeypatch, share, chunk, pos_in_logits):
+    g = torch.Generator().manual_seed(8)
+    n, k, n_src, c = 12, 6, 20, 8
+    cf = c if pos_in_logits else 4
+    src = torch.randint(0, n_src, (n * k,), generator=g)
+    dst = torch.arange(n).repeat_interleave(k)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    inputs = (rand(n_src, c), rand(n * k, cf), rand(n, cf), rand(n_src, cf), rand(n * k, c))
+    values, logits, query, key, pos = inputs
+
+    def run():
+        return ops.vector_attention(
+            values, src, dst, n, logits=logits, query=query, key=key, pos=pos,
+            pos_in_logits=pos_in_logits, share=share, chunk_edges=chunk,
+        )  # fmt: skip
+
+    dense, ref = _both(monkeypatch, run)
+    torch.testing.assert_close(dense, ref, atol=1e-12, rtol=0)
+    grad_out = torch.randn(dense.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad(dense, inputs, grad_out),
+        torch.autograd.grad(ref, inputs, grad_out),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

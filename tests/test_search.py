@@ -123,3 +123,15 @@ def test_matmul_refuses_a_radius_and_unknown_methods():
         knn_search(x, x, 3, None, None, r=0.5, method="matmul")
     with pytest.raises(ValueError, match="method must be 'auto', 'kdtree', 'brute' or 'matmul'"):
         knn_search(x, x, 3, None, None, method="faiss")
+
+
+@pytest.mark.parametrize("self_index", [False, True])
+def test_matmul_memory_is_bounded_by_blocks_of_rows(self_index):
+    # chunk_elements far below one cloud's n x n products: blocks of query rows of one cloud
+    g = torch.Generator().manual_seed(5)
+    sizes = (70, 90)
+    x = torch.randn(sum(sizes), 12, generator=g)
+    b = _batch(sizes)
+    got, _ = knn_search(x, x, 6, b, b, self_index=self_index, method="matmul", chunk_elements=500)
+    want, _ = knn_search(x, x, 6, b, b, self_index=self_index, method="brute")
+    assert torch.equal(got, want)
