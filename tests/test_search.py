@@ -35,18 +35,18 @@ def _same_auto(x, y, k, bx, by):
 @pytest.mark.parametrize("dim", [MATMUL_MIN_DIM, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("self_index", [False, True])
-def test_matmul_equals_brute_force_on_ragged_clouds(dim, dtype, self_index):
+@pytest.mark.parametrize("sizes", [(40, 64, 29, 50), (48, 48, 48)])
+def test_matmul_equals_brute_force(dim, dtype, self_index, sizes):
     g = torch.Generator().manual_seed(dim)
-    sizes = (40, 64, 29, 50)
     x = torch.randn(sum(sizes), dim, generator=g, dtype=dtype)
     _same(x, x, 12, _batch(sizes), _batch(sizes), self_index)
 
 
 @pytest.mark.parametrize("self_index", [False, True])
-def test_matmul_breaks_exact_ties_by_index_as_brute_force(self_index):
+@pytest.mark.parametrize("sizes", [(30, 45), (40, 40, 40)])  # padded, and equal clouds (views)
+def test_matmul_breaks_exact_ties_by_index_as_brute_force(self_index, sizes):
     # integer coordinates in {0, 1, 2}: many exactly equal distances, at the cut and inside
     g = torch.Generator().manual_seed(1)
-    sizes = (30, 45)
     x = torch.randint(0, 3, (sum(sizes), 16), generator=g).double()
     _same(x, x, 20, _batch(sizes), _batch(sizes), self_index)
 
