@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .checks import DISTANCE_MARGIN, check_distance_range, check_has_coordinates
-from .ops import scatter_csr
+from .ops import ptr_to_index, scatter_csr
 
 __all__ = ["knn_search", "cloud_bounds", "check_coordinate_range", "range_may_fault"]
 
@@ -138,10 +138,7 @@ def cloud_bounds(
     hi = torch.full((num, x.size(1)), -math.inf, dtype=torch.float64)
     both = torch.ones(num, dtype=torch.bool)
     for t, b, ptr in tensors:
-        if ptr is None:
-            ptr = torch.zeros(num + 1, dtype=torch.long, device=b.device)
-            torch.cumsum(torch.bincount(b, minlength=num), 0, out=ptr[1:])
-        ptr = ptr.to(t.device)
+        ptr = (_cloud_ptr(b, t.size(0), b.device, num) if ptr is None else ptr).to(t.device)
         t = t.detach()  # min and max are exact in any precision: reduce first, then widen
         lo = torch.minimum(lo, scatter_csr(t, ptr, "min").double().cpu())  # empty samples: 0
         hi = torch.maximum(hi, scatter_csr(t, ptr, "max").double().cpu())
@@ -267,7 +264,7 @@ def _matmul(x, y, k, batch_x, batch_y, self_index, chunk_elements, distances):
     if nx_max < k + int(self_index) or b * nx_max * ny_max > 2 * int((n_x * n_y).sum()) + 4096:
         return None
     nx_used = int(ptr_x[-1])  # x's points in those clouds
-    bx, by = _cloud_index(ptr_x), _cloud_index(ptr_y)  # (Nx used,), (M,)
+    bx, by = ptr_to_index(ptr_x), ptr_to_index(ptr_y)  # (Nx used,), (M,): each row's cloud
     px = torch.arange(nx_used, device=device) - ptr_x[bx]
     py = torch.arange(m, device=device) - ptr_y[by]
     xs = x.new_zeros((b, nx_max, d), dtype=work)
@@ -357,11 +354,6 @@ def _cloud_ptr(batch: Tensor | None, n: int, device, clouds: int | None = None) 
     ptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=device)
     torch.cumsum(counts, 0, out=ptr[1:])
     return ptr
-
-
-def _cloud_index(ptr: Tensor) -> Tensor:
-    """The cloud of each row of row pointers ``ptr``: ``(ptr[-1],)``."""
-    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff())
 
 
 def _chunk_end(lo: np.ndarray, hi: np.ndarray, s: int, budget: int) -> int:
